@@ -1,0 +1,166 @@
+"""Any async or sync iterable as a well-formed stream of events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
+from typing import Any, Final, TypeAlias
+
+import anyio
+import anyio.to_thread
+
+from streamflow.events import EVENT_CLASSES, Delta, Done, Error, Event, parse_event
+
+__all__ = [
+    "ErrorHandler",
+    "InvalidItemError",
+    "Item",
+    "Source",
+    "expose_exception",
+    "from_iterable",
+    "hide_exception",
+]
+
+logger = logging.getLogger("streamflow")
+
+Item: TypeAlias = str | Event | Mapping[str, Any] | tuple[Mapping[str, Any], Any]
+"""What a source may yield: text, an event, an event as a dict, or Burr's
+``(result, state)`` streaming tuple."""
+
+Source: TypeAlias = AsyncIterable[Item] | Iterable[Item]
+
+ErrorHandler: TypeAlias = Callable[[Exception], Error]
+"""Turns an exception raised by a source into the :class:`~streamflow.events.Error`
+event the client sees."""
+
+
+class InvalidItemError(TypeError):
+    """A source yielded something that is not a streamable item."""
+
+
+def hide_exception(exc: Exception) -> Error:
+    """The default :data:`ErrorHandler`: a generic message, nothing from the exception.
+
+    Exception text can hold prompts, keys, SQL or paths; it is logged (logger
+    ``streamflow``) with its traceback, not sent.
+    """
+    return Error(message="The stream failed because of an internal error.", code="internal_error")
+
+
+def expose_exception(exc: Exception) -> Error:
+    """An :data:`ErrorHandler` that sends the exception's text and class name.
+
+    Opt in with ``on_error=expose_exception`` where the text is known to be safe to show
+    (development, internal tools).
+    """
+    return Error(message=str(exc) or type(exc).__name__, code=type(exc).__name__)
+
+
+def from_iterable(
+    source: Source, *, on_error: ErrorHandler | None = hide_exception
+) -> AsyncGenerator[Event, None]:
+    """The events of ``source``, as a well-formed stream ending in exactly one ``Done``.
+
+    Items become events: a ``str`` a :class:`~streamflow.events.Delta`, an event itself, a
+    ``dict`` the event :func:`~streamflow.events.parse_event` makes of it, and Burr's
+    ``(result, state)`` tuple a ``Delta`` of ``result["delta"]`` (the final tuple of a Burr
+    streaming action, with a state and no ``"delta"``, carries no text and is skipped).
+
+    A ``Done`` from the source ends the stream. An exception from the source, or an item
+    that is none of the above, ends it with the :class:`~streamflow.events.Error` that
+    ``on_error`` makes (logged with its traceback) and then ``Done``; with
+    ``on_error=None`` the exception propagates instead.
+
+    Sync iterables are advanced in a worker thread so a blocking generator never blocks
+    the event loop (lists and tuples are read directly). The source is closed (``aclose()``
+    or ``close()``) as soon as the stream ends or its consumer closes it -- use
+    :func:`contextlib.aclosing` when you stop iterating early yourself.
+    """
+    text_or_mapping = isinstance(source, (str, bytes, bytearray, Mapping))
+    if text_or_mapping or not isinstance(source, (AsyncIterable, Iterable)):
+        raise TypeError(f"source must be an iterable of items, not {type(source).__name__}")
+    return _events(source, on_error)
+
+
+async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerator[Event, None]:
+    items = aiter(source) if isinstance(source, AsyncIterable) else _thread_items(source)
+    failure: Exception | None = None
+    try:
+        async for item in items:
+            event = _to_event(item)
+            if event is None:
+                continue
+            if type(event) is Done:
+                break
+            yield event
+    except Exception as exc:
+        if on_error is None:
+            raise
+        failure = exc
+    finally:
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if failure is not None:
+        logger.error("streamflow: the event source failed", exc_info=failure)
+        yield _error_event(on_error, failure)
+    yield _DONE
+
+
+def _error_event(on_error: ErrorHandler | None, exc: Exception) -> Error:
+    if on_error is not None:
+        try:
+            return on_error(exc)
+        except Exception:
+            logger.exception("streamflow: the on_error handler failed")
+    return hide_exception(exc)
+
+
+def _to_event(item: object) -> Event | None:
+    if type(item) is str:
+        return Delta(value=item)
+    if isinstance(item, EVENT_CLASSES):
+        return item
+    if isinstance(item, Mapping):
+        return parse_event(item if isinstance(item, dict) else dict(item))
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Mapping):
+        result, state = item
+        delta = result.get("delta")
+        if isinstance(delta, str):
+            return Delta(value=delta)
+        if state is not None:
+            return None
+        raise InvalidItemError("a (result, None) streaming tuple needs a str result['delta']")
+    raise InvalidItemError(
+        f"a source yielded a {type(item).__name__}; expected str, Event, dict or (dict, state)"
+    )
+
+
+_END: Final = object()
+
+
+async def _thread_items(source: Iterable[Item]) -> AsyncIterator[Item]:
+    if isinstance(source, (list, tuple)):
+        for item in source:
+            yield item
+        return
+    iterator: Iterator[Item] = iter(source)
+    try:
+        while (item := await anyio.to_thread.run_sync(next, iterator, _END)) is not _END:
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
+
+
+_DONE: Final = Done()

@@ -1,0 +1,80 @@
+"""Reading a streamflow stream back: typed events from bytes, from httpx, from anywhere.
+
+For a service that re-streams an upstream agent (a proxy, a gateway, a test)::
+
+    async with httpx.AsyncClient() as http:
+        async with streamflow.client.connect(http, "POST", url, json={"prompt": "hi"}) as events:
+            async for event in events:
+                ...
+
+``connect`` needs the ``client`` extra (``pip install "streamflow[client]"``, for httpx);
+:func:`aiter_sse` and :func:`aiter_events` work on any ``AsyncIterable[bytes]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from streamflow.events import Done, Event, ProtocolError, parse_event
+from streamflow.sse import ServerSentEvent, SSEDecoder
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["IncompleteStreamError", "aiter_events", "aiter_sse", "connect"]
+
+
+class IncompleteStreamError(ProtocolError):
+    """The byte stream ended before its ``done`` event: the connection was cut."""
+
+
+async def aiter_sse(chunks: AsyncIterable[bytes]) -> AsyncGenerator[ServerSentEvent, None]:
+    """The SSE events of a byte stream, decoded by :class:`~streamflow.sse.SSEDecoder`."""
+    decoder = SSEDecoder()
+    async for chunk in chunks:
+        for sse in decoder.feed(chunk):
+            yield sse
+
+
+async def aiter_events(chunks: AsyncIterable[bytes]) -> AsyncGenerator[Event, None]:
+    """The typed events of a stream written by :class:`~streamflow.encoders.JSONEncoder` or
+    :class:`~streamflow.encoders.NamedEventEncoder`, up to and including ``Done``.
+
+    Raises :class:`~streamflow.events.ProtocolError` for a frame that is not an event, and
+    :class:`IncompleteStreamError` when the bytes end before ``Done``. Stops reading
+    ``chunks`` at ``Done``.
+    """
+    async for sse in aiter_sse(chunks):
+        event = parse_event(sse.data)
+        yield event
+        if type(event) is Done:
+            return
+    raise IncompleteStreamError("the stream ended before its 'done' event")
+
+
+@asynccontextmanager
+async def connect(
+    client: httpx.AsyncClient, method: str, url: str | httpx.URL, **kwargs: Any
+) -> AsyncIterator[AsyncIterator[Event]]:
+    """Open a streamflow stream with httpx and yield its typed events.
+
+    ``kwargs`` go to :meth:`httpx.AsyncClient.stream` (``json=``, ``headers=``,
+    ``timeout=``...). Raises :class:`httpx.HTTPStatusError` for a non-2xx answer and
+    :class:`~streamflow.events.ProtocolError` for one that is not ``text/event-stream``.
+    The response is closed when the block exits, even in the middle of the stream.
+    """
+    headers = {"accept": "text/event-stream", "cache-control": "no-store", **kwargs.pop("headers", {})}
+    async with client.stream(method, url, headers=headers, **kwargs) as response:
+        if response.is_error:
+            await response.aread()
+            response.raise_for_status()
+        content_type = response.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "text/event-stream":
+            raise ProtocolError(f"expected a text/event-stream response, got {content_type!r}")
+        events = aiter_events(response.aiter_bytes())
+        try:
+            yield events
+        finally:
+            await events.aclose()

@@ -1,0 +1,71 @@
+"""The streamflow protocol itself on the wire: one SSE event per protocol event."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+from streamflow.events import EVENT_TYPES, Event
+from streamflow.sse import frame
+
+__all__ = ["ERROR_EVENT_NAME", "JSONEncoder", "NamedEventEncoder"]
+
+ERROR_EVENT_NAME: Final = "stream_error"
+"""The SSE event name :class:`NamedEventEncoder` gives ``error`` events.
+
+Never ``error``: a browser's ``EventSource`` (and htmx-ext-sse) fire their own
+connection-failure event under that name, so a listener for it could not tell a failed
+agent run from a dropped connection.
+"""
+
+_EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+class JSONEncoder:
+    """``data: <event JSON>`` frames with no ``event:`` field (the default).
+
+    Every frame reaches ``EventSource.onmessage`` (or a ``fetch`` reader) and carries its
+    ``type`` inside the JSON: ``data: {"type":"delta","value":"Hi"}``.
+    """
+
+    media_type: str = "text/event-stream"
+    headers: Mapping[str, str] = _EMPTY
+
+    def open(self) -> bytes:
+        return b""
+
+    def encode(self, event: Event, *, id: str | None = None) -> bytes:  # noqa: A002
+        return frame(event.to_json(), id=id)
+
+    def close(self) -> bytes:
+        return b""
+
+
+class NamedEventEncoder(JSONEncoder):
+    """Like :class:`JSONEncoder`, plus ``event: <type>`` so a page can
+    ``addEventListener("delta", ...)`` per type.
+
+    ``error`` events are named :data:`ERROR_EVENT_NAME` (``stream_error``). ``names`` maps
+    protocol types to other SSE event names; a mapping to ``error`` or to a name with CR
+    or LF is refused with :class:`ValueError`.
+    """
+
+    def __init__(self, names: Mapping[str, str] | None = None) -> None:
+        chosen = {name: name for name in EVENT_TYPES}
+        chosen["error"] = ERROR_EVENT_NAME
+        for event_type, name in (names or {}).items():
+            if event_type not in EVENT_TYPES:
+                raise ValueError(f"names: unknown event type {event_type!r}")
+            if not isinstance(name, str) or not name or "\n" in name or "\r" in name:
+                raise ValueError(f"names[{event_type!r}]: not a one-line SSE event name: {name!r}")
+            if name == "error":
+                raise ValueError(
+                    f"names[{event_type!r}]: 'error' is reserved by EventSource for "
+                    "connection failures; choose another name"
+                )
+            chosen[event_type] = name
+        self.names: Mapping[str, str] = MappingProxyType(chosen)
+
+    def encode(self, event: Event, *, id: str | None = None) -> bytes:  # noqa: A002
+        return frame(event.to_json(), event=self.names[event.type], id=id)

@@ -1,0 +1,210 @@
+"""The ASGI response that streams a source to a client (Starlette, FastAPI, any ASGI app)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+import anyio
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
+from streamflow.encoders.base import Encoder
+from streamflow.encoders.json_events import JSONEncoder
+from streamflow.events import Done, Event
+from streamflow.sse import comment
+
+__all__ = ["EventStreamResponse"]
+
+logger = logging.getLogger("streamflow")
+
+_PING: Final = comment("ping")
+_DEFAULT_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class EventStreamResponse(Response):
+    """Stream ``source`` as Server-Sent Events, with the care a production stream needs.
+
+    ``source`` is anything :func:`~streamflow.adapters.from_iterable` takes (an async or
+    sync iterable of ``str``, ``dict`` or events, or an adapter's output); ``encoder`` is a
+    fresh :class:`~streamflow.encoders.Encoder` for this response (default
+    :class:`~streamflow.encoders.JSONEncoder`).
+
+    - Headers: ``text/event-stream; charset=utf-8``, ``Cache-Control: no-cache`` and
+      ``X-Accel-Buffering: no`` (nginx would otherwise buffer the stream); ``headers``
+      adds to or overrides them.
+    - ``ping``: a ``: ping`` comment after that many seconds without data keeps proxies
+      and load balancers from closing an idle stream (``None`` disables it).
+    - A client disconnect cancels the source at once, so its ``finally`` runs and the
+      agent stops spending tokens.
+    - An exception in the source is logged with its traceback and becomes the ``Error``
+      event ``on_error`` makes (by default a generic message: see
+      :func:`~streamflow.adapters.iterable.expose_exception`), then ``Done``; every event
+      before it is delivered. The stream always ends with exactly one ``Done``.
+    - ``send_timeout``: a client that has not taken a write within that many seconds is
+      dropped (and the source cancelled) instead of holding the stream open.
+    - Events that are ready together go out in one write; an event is never held back
+      waiting for the next. ``buffer_size`` bounds the bytes queued for a slow client
+      before the source is paused.
+
+    HEAD requests get the headers and an empty body; the source is not started.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        encoder: Encoder | None = None,
+        ping: float | None = 15.0,
+        send_timeout: float | None = None,
+        on_error: ErrorHandler = hide_exception,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        background: BackgroundTask | None = None,
+        buffer_size: int = 64 * 1024,
+    ) -> None:
+        if ping is not None and ping <= 0:
+            raise ValueError(f"ping must be a positive number of seconds or None, not {ping!r}")
+        if send_timeout is not None and send_timeout <= 0:
+            raise ValueError(
+                f"send_timeout must be a positive number of seconds or None, not {send_timeout!r}"
+            )
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1 byte, not {buffer_size!r}")
+        self.encoder: Encoder = encoder if encoder is not None else JSONEncoder()
+        self.events = from_iterable(source, on_error=on_error)
+        self.on_error = on_error
+        self.ping = ping
+        self.send_timeout = send_timeout
+        self.buffer_size = buffer_size
+        self.status_code = status_code
+        self.media_type = self.encoder.media_type
+        self.background = background
+        self.init_headers({**_DEFAULT_HEADERS, **self.encoder.headers, **(headers or {})})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if scope.get("method") == "HEAD":
+            await self.events.aclose()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await self._stream(receive, send)
+        if self.background is not None:
+            await self.background()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        outbox = _Outbox(self.buffer_size)
+        async with anyio.create_task_group() as tasks:
+
+            async def watch_disconnect() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                outbox.disconnected = True
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(watch_disconnect)
+            tasks.start_soon(self._produce, outbox)
+            await self._deliver(outbox, send)
+            tasks.cancel_scope.cancel()
+        if outbox.disconnected:
+            logger.debug("streamflow: the client went away; the source was cancelled")
+
+    async def _produce(self, outbox: _Outbox) -> None:
+        encoder, events = self.encoder, self.events
+        try:
+            outbox.put_nowait(encoder.open())
+            async for event in events:
+                try:
+                    chunk = encoder.encode(event)
+                except Exception as exc:  # an event the wire format cannot carry
+                    logger.error("streamflow: cannot encode a %s event", event.type, exc_info=exc)
+                    await events.aclose()
+                    chunk = self._encode_failure(exc)
+                await outbox.put(chunk)
+            outbox.put_nowait(encoder.close())
+        finally:
+            # Shielded and bounded: an agent suspended at a yield gets to run its async
+            # clean-up even though this task is being cancelled.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await events.aclose()
+            outbox.finish()
+
+    def _encode_failure(self, exc: Exception) -> bytes:
+        error: Event = self.on_error(exc)
+        try:
+            chunk = self.encoder.encode(error)
+        except Exception:
+            chunk = self.encoder.encode(hide_exception(exc))
+        return chunk + self.encoder.encode(Done())
+
+    async def _deliver(self, outbox: _Outbox, send: Send) -> None:
+        while True:
+            with anyio.move_on_after(self.ping if self.ping is not None else float("inf")):
+                await outbox.ready.wait()
+            if outbox.size:
+                body = outbox.take()
+            elif outbox.finished:
+                break
+            else:
+                body = _PING
+            if not await self._send(send, body, more_body=True):
+                return
+        await self._send(send, b"", more_body=False)
+
+    async def _send(self, send: Send, body: bytes, *, more_body: bool) -> bool:
+        message = {"type": "http.response.body", "body": body, "more_body": more_body}
+        try:
+            if self.send_timeout is None:
+                await send(message)
+            else:
+                with anyio.fail_after(self.send_timeout):
+                    await send(message)
+        except TimeoutError:
+            logger.info("streamflow: dropping a client that took no data for %ss", self.send_timeout)
+            return False
+        except OSError:  # ASGI 2.4 servers raise it for a disconnected client
+            return False
+        return True
+
+
+class _Outbox:
+    """Encoded bytes between the producer and the sender: several events ready at once
+    leave in one body message, and at most ``limit`` bytes wait for a slow client."""
+
+    __slots__ = ("_space", "chunks", "disconnected", "finished", "limit", "ready", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.ready = anyio.Event()
+        self._space = anyio.Event()
+        self.finished = False
+        self.disconnected = False
+
+    def put_nowait(self, chunk: bytes) -> None:
+        if chunk:
+            self.chunks.append(chunk)
+            self.size += len(chunk)
+            self.ready.set()
+
+    async def put(self, chunk: bytes) -> None:
+        self.put_nowait(chunk)
+        if self.size >= self.limit:
+            self._space = anyio.Event()
+            await self._space.wait()
+
+    def take(self) -> bytes:
+        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        self.ready = anyio.Event()
+        self._space.set()
+        return body
+
+    def finish(self) -> None:
+        self.finished = True
+        self.ready.set()
