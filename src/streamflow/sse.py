@@ -19,6 +19,7 @@ from typing import Final
 __all__ = ["SSEDecoder", "ServerSentEvent", "comment", "frame"]
 
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
+_MAX_RETRY: Final = 2**64 - 1  # as browsers: a longer reconnection time is ignored
 
 
 def frame(
@@ -33,7 +34,7 @@ def frame(
     A browser's ``MessageEvent.data`` will be ``data`` with every CR and CRLF turned into
     LF: the only change the SSE format allows. Raises :class:`ValueError` naming the field
     for an ``event`` or ``id`` that would break the frame (CR, LF; NUL in ``id``), an empty
-    ``event``, a ``retry`` that is not a non-negative ``int``, or text that is not
+    ``event``, a ``retry`` that is not an ``int`` from 0 to 2**64-1, or text that is not
     encodable as UTF-8 (a lone surrogate).
     """
     if type(data) is not str:
@@ -50,14 +51,20 @@ def frame(
             raise ValueError("SSE field 'event' must not be empty (leave it out for 'message')")
         head += f"event: {event}\n"
     if retry is not None:
-        if type(retry) is not int or retry < 0:
-            raise ValueError(f"SSE field 'retry' must be a non-negative int, not {retry!r}")
+        if type(retry) is not int or not 0 <= retry <= _MAX_RETRY:
+            shown = "an out-of-range int" if type(retry) is int else repr(retry)
+            raise ValueError(f"SSE field 'retry' must be an int from 0 to 2**64-1, not {shown}")
         head += f"retry: {retry}\n"
     if "\n" in data or "\r" in data:
         body = "data: " + "\ndata: ".join(_LINE_BREAK.split(data)) + "\n\n"
     else:
         body = "data: " + data + "\n\n"
-    return _utf8("data", head + body if head else body)
+    try:
+        return (head + body if head else body).encode()
+    except UnicodeEncodeError:
+        for name, value in (("id", id), ("event", event), ("data", data)):
+            _utf8(name, value or "")
+        raise  # pragma: no cover - one of the fields above raised
 
 
 def comment(text: str = "") -> bytes:
@@ -170,7 +177,11 @@ class SSEDecoder:
             if "\0" not in value:
                 self._id = value
         elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry = int(value)
+            # As browsers do, a value that overflows an unsigned 64-bit integer is ignored
+            # (the length test also keeps int() clear of Python's 4300-digit limit).
+            digits = value.lstrip("0") or "0"
+            if len(digits) <= 20 and (retry := int(digits)) <= _MAX_RETRY:
+                self.retry = retry
 
     def _dispatch(self) -> ServerSentEvent:
         self.last_event_id = self._id

@@ -142,8 +142,9 @@ class EventStreamResponse(Response):
 
     async def _deliver(self, outbox: _Outbox, send: Send) -> None:
         while True:
-            with anyio.move_on_after(self.ping if self.ping is not None else float("inf")):
-                await outbox.ready.wait()
+            if not outbox.size and not outbox.finished:
+                with anyio.move_on_after(self.ping if self.ping is not None else float("inf")):
+                    await outbox.ready.wait()
             if outbox.size:
                 body = outbox.take()
             elif outbox.finished:

@@ -135,7 +135,8 @@ def assert_roundtrip(encoder: Encoder | Callable[[], Encoder], events: Sequence[
     (:class:`~streamflow.encoders.JSONEncoder`, :class:`~streamflow.encoders.NamedEventEncoder`,
     your own). ``encoder`` is an instance or a factory; a factory gets a fresh instance.
     """
-    session = encoder() if callable(encoder) and not isinstance(encoder, Encoder) else encoder
+    factory = isinstance(encoder, type) or not isinstance(encoder, Encoder)
+    session = encoder() if factory else encoder  # type: ignore[operator]
     assert isinstance(session, Encoder), f"{session!r} is not an Encoder"
     data = session.open() + b"".join(session.encode(event) for event in events) + session.close()
     whole = decode(data)

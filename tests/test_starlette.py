@@ -1,0 +1,417 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.types import Message
+
+from streamflow import (
+    Delta,
+    Done,
+    Error,
+    Event,
+    EventStreamResponse,
+    NamedEventEncoder,
+    StepEnd,
+    StepStart,
+    hide_exception,
+)
+from streamflow.client import aiter_events
+from tests import apps
+from tests.conftest import free_port, serve
+
+pytestmark = pytest.mark.anyio
+
+HTTP_SCOPE = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.4"}}
+
+
+class Recorder:
+    """A minimal ASGI server side: records what the response sends."""
+
+    def __init__(self, send_delay: float = 0.0, block_sends: bool = False) -> None:
+        self.messages: list[Message] = []
+        self.disconnect = anyio.Event()
+        self.send_delay = send_delay
+        self.block_sends = block_sends
+
+    async def receive(self) -> Message:
+        await self.disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        if self.block_sends and message["type"] == "http.response.body":
+            await anyio.sleep(3600)
+        if self.send_delay:
+            await anyio.sleep(self.send_delay)
+        self.messages.append(message)
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for m in self.messages if m["type"] == "http.response.body"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        start = self.messages[0]
+        return {k.decode(): v.decode() for k, v in start["headers"]}
+
+
+async def run(response: EventStreamResponse, recorder: Recorder, method: str = "GET") -> None:
+    await response({**HTTP_SCOPE, "method": method}, recorder.receive, recorder.send)
+
+
+def events_of(bodies: list[bytes]) -> list[Event]:
+    from streamflow.testing import decode
+
+    from streamflow import parse_event
+
+    return [parse_event(sse.data) for sse in decode(b"".join(bodies))]
+
+
+# --- ASGI level -------------------------------------------------------------------------
+
+
+async def test_headers() -> None:
+    recorder = Recorder()
+    await run(EventStreamResponse(["x"], headers={"x-request-id": "r1"}), recorder)
+    assert recorder.messages[0]["status"] == 200
+    assert recorder.headers == {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+        "x-request-id": "r1",
+    }
+    assert recorder.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_fast_source_is_coalesced_into_few_body_messages() -> None:
+    recorder = Recorder()
+    await run(EventStreamResponse([f"token {i}" for i in range(1000)]), recorder)
+    events = events_of(recorder.bodies)
+    assert events == [Delta(value=f"token {i}") for i in range(1000)] + [Done()]
+    assert len(recorder.bodies) < 10, f"{len(recorder.bodies)} body messages for 1001 events"
+
+
+async def test_slow_source_is_never_held_back() -> None:
+    recorder = Recorder()
+    seen_before_next: list[int] = []
+
+    async def slow() -> AsyncIterator[str]:
+        for i in range(5):
+            yield str(i)
+            await anyio.sleep(0.02)
+            seen_before_next.append(len(events_of(recorder.bodies)))
+
+    await run(EventStreamResponse(slow()), recorder)
+    assert seen_before_next == [1, 2, 3, 4, 5], "each event was sent before the source went on"
+
+
+async def test_buffer_bounds_what_waits_for_a_slow_client() -> None:
+    recorder = Recorder(send_delay=0.001)
+    produced = 0
+
+    async def fast() -> AsyncIterator[str]:
+        nonlocal produced
+        for i in range(200):
+            produced = i
+            yield "x" * 100
+
+    await run(EventStreamResponse(fast(), buffer_size=1000), recorder)
+    sizes = [len(b) for b in recorder.bodies]
+    assert max(sizes) < 2000, f"a body of {max(sizes)} bytes exceeds the 1000-byte buffer by > 1 event"
+    assert len(events_of(recorder.bodies)) == 201
+
+
+async def test_head_sends_headers_only_and_never_starts_the_source() -> None:
+    started = []
+
+    async def source() -> AsyncIterator[str]:
+        started.append(True)
+        yield "x"
+
+    recorder = Recorder()
+    await run(EventStreamResponse(source()), recorder, method="HEAD")
+    assert started == []
+    assert recorder.bodies == [b""]
+
+
+async def test_send_timeout_drops_a_stalled_client_and_cancels_the_source() -> None:
+    recorder = Recorder(block_sends=True)
+    finalized = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"
+                await anyio.sleep(0.01)
+        finally:
+            finalized.set()
+
+    with anyio.fail_after(3):
+        await run(EventStreamResponse(source(), send_timeout=0.2), recorder)
+    assert finalized.is_set()
+
+
+async def test_disconnect_cancels_an_idle_source() -> None:
+    recorder = Recorder()
+    finalized = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        try:
+            yield "one"
+            await anyio.sleep(3600)
+        finally:
+            finalized.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, EventStreamResponse(source()), recorder)
+        await anyio.sleep(0.05)
+        recorder.disconnect.set()
+        with anyio.fail_after(1):
+            await finalized.wait()
+    assert events_of(recorder.bodies) == [Delta(value="one")]
+    assert recorder.bodies[-1] != b"", "no closing body message is sent to a gone client"
+
+
+async def test_async_cleanup_in_a_suspended_source_gets_to_run() -> None:
+    recorder = Recorder(block_sends=False)
+    cleaned = anyio.Event()
+    gate = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        try:
+            yield "one"
+            yield "two"
+            await anyio.sleep(3600)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # e.g. closing an HTTP client to the model
+            cleaned.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, EventStreamResponse(source()), recorder)
+        await anyio.sleep(0.05)
+        gate.set()
+        recorder.disconnect.set()
+    assert cleaned.is_set()
+
+
+async def test_an_event_the_encoder_cannot_write_becomes_error_then_done() -> None:
+    recorder = Recorder()
+    closed = []
+
+    async def source() -> AsyncIterator[Any]:
+        try:
+            yield "ok"
+            yield Delta(value="lone surrogate \ud800")
+            yield "never"
+        finally:
+            closed.append(True)
+
+    await run(EventStreamResponse(source()), recorder)
+    assert events_of(recorder.bodies) == [Delta(value="ok"), hide_exception(ValueError()), Done()]
+    assert closed == [True]
+
+
+async def test_exactly_one_done_even_if_the_source_sends_its_own() -> None:
+    recorder = Recorder()
+    await run(EventStreamResponse(["a", Done(), "b", Done()]), recorder)
+    assert events_of(recorder.bodies) == [Delta(value="a"), Done()]
+
+
+async def test_named_encoder_through_the_transport() -> None:
+    recorder = Recorder()
+    await run(EventStreamResponse([Error(message="x")], encoder=NamedEventEncoder()), recorder)
+    assert b"event: stream_error\n" in b"".join(recorder.bodies)
+    assert b"event: done\n" in b"".join(recorder.bodies)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"ping": 0}, "ping"), ({"send_timeout": -1}, "send_timeout"), ({"buffer_size": 0}, "buffer_size")],
+)
+def test_bad_options_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EventStreamResponse([], **kwargs)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_asgi_under_trio() -> None:
+    recorder = Recorder()
+
+    def sync_source() -> Iterator[str]:
+        yield from ["a", "b"]
+
+    await run(EventStreamResponse(sync_source()), recorder)
+    assert events_of(recorder.bodies) == [Delta(value="a"), Delta(value="b"), Done()]
+
+
+# --- through a real server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with serve(apps.starlette_app) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def fresh_signals() -> None:
+    apps.signals = apps.Signals()
+
+
+async def stream_events(url: str, method: str = "GET", **kwargs: Any) -> list[Event]:
+    async with httpx.AsyncClient(timeout=10) as client, client.stream(method, url, **kwargs) as response:
+        assert response.status_code == 200
+        return [event async for event in aiter_events(response.aiter_bytes())]
+
+
+@pytest.mark.slow
+async def test_events_arrive_before_the_source_finishes(base_url: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", f"{base_url}/gated") as response:
+        events = aiter_events(response.aiter_bytes())
+        assert await anext(events) == StepStart(step="s")
+        assert not apps.signals.finished
+        apps.signals.release.set()
+        rest = [event async for event in events]
+    assert rest == [Delta(value="after release"), Done()]
+
+
+@pytest.mark.slow
+async def test_pings_keep_an_idle_stream_alive(base_url: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client, client.stream("GET", f"{base_url}/idle") as response:
+        raw = b"".join([chunk async for chunk in response.aiter_bytes()])
+    before_data = raw.split(b"data:")[0]
+    assert before_data.count(b": ping\n\n") >= 3
+    assert raw.endswith(b'data: {"type":"done"}\n\n')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 5])
+async def test_disconnect_after_k_events_runs_the_sources_finally_within_a_second(
+    base_url: str, k: int
+) -> None:
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", f"{base_url}/endless") as response,
+    ):
+        events = aiter_events(response.aiter_bytes())
+        received = [await anext(events) for _ in range(k)]
+        await events.aclose()
+    closed_at = time.monotonic()
+    assert received == [Delta(value=f"tick {n}") for n in range(1, k + 1)]
+    assert apps.signals.finalized.wait(1.0), "the source's finally did not run within 1 s"
+    assert apps.signals.finalized_at - closed_at < 1.0
+
+
+@pytest.mark.slow
+async def test_disconnect_while_the_source_is_silent(base_url: str) -> None:
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("GET", f"{base_url}/silent") as response,
+    ):
+        events = aiter_events(response.aiter_bytes())
+        assert await anext(events) == Delta(value="one")
+        await events.aclose()
+    assert apps.signals.finalized.wait(1.0)
+
+
+@pytest.mark.slow
+async def test_exception_mid_stream_delivers_everything_then_error_then_done(base_url: str) -> None:
+    events = await stream_events(f"{base_url}/failing")
+    assert events == [
+        StepStart(step="work"),
+        Delta(value="partial "),
+        Delta(value="answer"),
+        Error(message="The stream failed because of an internal error.", code="internal_error"),
+        Done(),
+    ]
+    assert "hunter2" not in repr(events)
+    exposed = await stream_events(f"{base_url}/failing?expose=1")
+    assert exposed[3] == Error(message="database password=hunter2 refused", code="RuntimeError")
+
+
+@pytest.mark.slow
+async def test_unserializable_item_becomes_an_error_and_the_connection_closes_cleanly(base_url: str) -> None:
+    events = await stream_events(f"{base_url}/bad-item")
+    assert events == [Delta(value="fine"), hide_exception(TypeError()), Done()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+async def test_any_method_with_a_body(base_url: str, method: str) -> None:
+    events = await stream_events(f"{base_url}/echo", method, json={"prompt": "hello streaming world"})
+    assert events == [
+        StepStart(step="echo"),
+        Delta(value="hello "),
+        Delta(value="streaming "),
+        Delta(value="world "),
+        StepEnd(step="echo", output={"words": 3}),
+        Done(),
+    ]
+
+
+@pytest.mark.slow
+async def test_fastapi_endpoint() -> None:
+    with serve(apps.fastapi_app) as url:
+        events = await stream_events(f"{url}/chat", "POST", json={"prompt": "hi there"})
+    assert events == [
+        StepStart(step="answer"),
+        Delta(value="hi"),
+        Delta(value="there"),
+        StepEnd(step="answer"),
+        Done(),
+    ]
+
+
+@pytest.mark.slow
+async def test_trio_server() -> None:
+    """The same app served by hypercorn on the trio event loop."""
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            "--worker-class",
+            "trio",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "tests.apps:starlette_app",
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                events = await stream_events(f"{url}/echo", "POST", json={"prompt": "on trio"})
+                break
+            except httpx.ConnectError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                await anyio.sleep(0.1)
+        assert events == [
+            StepStart(step="echo"),
+            Delta(value="on "),
+            Delta(value="trio "),
+            StepEnd(step="echo", output={"words": 2}),
+            Done(),
+        ]
+        failing = await stream_events(f"{url}/failing")
+        assert failing[-2:] == [hide_exception(RuntimeError()), Done()]
+    finally:
+        server.terminate()
+        server.wait(10)
