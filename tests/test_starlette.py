@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
 from starlette.types import Message
 
 from streamflow import (
@@ -68,9 +69,8 @@ async def run(response: EventStreamResponse, recorder: Recorder, method: str = "
 
 
 def events_of(bodies: list[bytes]) -> list[Event]:
-    from streamflow.testing import decode
-
     from streamflow import parse_event
+    from streamflow.testing import decode
 
     return [parse_event(sse.data) for sse in decode(b"".join(bodies))]
 
@@ -371,47 +371,67 @@ async def test_fastapi_endpoint() -> None:
     ]
 
 
-@pytest.mark.slow
-async def test_trio_server() -> None:
-    """The same app served by hypercorn on the trio event loop."""
+@pytest.fixture(scope="module")
+def trio_url() -> Iterator[str]:
+    """The same app served by hypercorn on the trio event loop, in a subprocess."""
     port = free_port()
     root = Path(__file__).resolve().parent.parent
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hypercorn",
-            "--worker-class",
-            "trio",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "tests.apps:starlette_app",
-        ],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio"]
+    command += ["--bind", f"127.0.0.1:{port}", "tests.apps:starlette_app"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    server = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL)
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         while True:
             try:
-                events = await stream_events(f"{url}/echo", "POST", json={"prompt": "on trio"})
+                httpx.head(f"http://127.0.0.1:{port}/idle", timeout=1)
                 break
-            except httpx.ConnectError:
+            except httpx.TransportError:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise
-                await anyio.sleep(0.1)
-        assert events == [
-            StepStart(step="echo"),
-            Delta(value="on "),
-            Delta(value="trio "),
-            StepEnd(step="echo", output={"words": 2}),
-            Done(),
-        ]
-        failing = await stream_events(f"{url}/failing")
-        assert failing[-2:] == [hide_exception(RuntimeError()), Done()]
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.slow
+async def test_trio_server(trio_url: str) -> None:
+    events = await stream_events(f"{trio_url}/echo", "POST", json={"prompt": "on trio"})
+    assert events == [
+        StepStart(step="echo"),
+        Delta(value="on "),
+        Delta(value="trio "),
+        StepEnd(step="echo", output={"words": 2}),
+        Done(),
+    ]
+    failing = await stream_events(f"{trio_url}/failing")
+    assert failing[-2:] == [hide_exception(RuntimeError()), Done()]
+
+
+@pytest.mark.slow
+async def test_behind_base_http_middleware() -> None:
+    """Apps usually have a BaseHTTPMiddleware (logging, auth) in front: streaming,
+    incremental delivery and disconnect cancellation must survive it."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    class Tagging(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            response = await call_next(request)
+            response.headers["x-tagged"] = "1"
+            return response
+
+    app = Starlette(routes=apps.starlette_app.routes, middleware=[Middleware(Tagging)])
+    with serve(app) as url:
+        async with httpx.AsyncClient(timeout=10) as client:
+            async with client.stream("GET", f"{url}/endless") as response:
+                assert response.headers["x-tagged"] == "1"
+                events = aiter_events(response.aiter_bytes())
+                assert await anext(events) == Delta(value="tick 1")
+                await events.aclose()
+            assert apps.signals.finalized.wait(1.0), "the source kept running behind the middleware"
+            assert (await stream_events(f"{url}/failing"))[-2:] == [hide_exception(RuntimeError()), Done()]

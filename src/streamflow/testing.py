@@ -28,6 +28,7 @@ from streamflow.events import (
     Done,
     Error,
     Event,
+    ProtocolError,
     StepEnd,
     StepStart,
     ToolCall,
@@ -140,7 +141,12 @@ def assert_roundtrip(encoder: Encoder | Callable[[], Encoder], events: Sequence[
     assert isinstance(session, Encoder), f"{session!r} is not an Encoder"
     data = session.open() + b"".join(session.encode(event) for event in events) + session.close()
     whole = decode(data)
-    parsed = [parse_event(sse.data) for sse in whole]
+    parsed: list[Event] = []
+    for sse in whole:
+        try:
+            parsed.append(parse_event(sse.data))
+        except ProtocolError as exc:
+            raise AssertionError(f"frame {len(parsed)} is not an event ({exc}): {sse.data!r}") from None
     assert parsed == list(events), f"events changed on the way:\n sent {list(events)!r}\n got  {parsed!r}"
     bytewise = decode(data, chunk_sizes=(1,))
     assert bytewise == whole, "feeding the bytes one at a time decoded differently"
