@@ -435,3 +435,16 @@ async def test_behind_base_http_middleware() -> None:
                 await events.aclose()
             assert apps.signals.finalized.wait(1.0), "the source kept running behind the middleware"
             assert (await stream_events(f"{url}/failing"))[-2:] == [hide_exception(RuntimeError()), Done()]
+
+
+def test_fastapi_documents_the_stream_media_type() -> None:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/stream", response_class=EventStreamResponse)
+    async def stream() -> EventStreamResponse:
+        return EventStreamResponse(["x"])
+
+    content = app.openapi()["paths"]["/stream"]["get"]["responses"]["200"]["content"]
+    assert list(content) == ["text/event-stream"]

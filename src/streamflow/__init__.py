@@ -1,6 +1,6 @@
 """streamflow: agent workflows as exact, typed Server-Sent Event streams."""
 
-from streamflow.adapters.iterable import expose_exception, from_iterable, hide_exception
+from streamflow.adapters.iterable import Item, expose_exception, from_iterable, hide_exception
 from streamflow.encoders import ERROR_EVENT_NAME, Encoder, JSONEncoder, NamedEventEncoder
 from streamflow.events import (
     ChatHistory,
@@ -32,6 +32,7 @@ __all__ = [
     "Error",
     "Event",
     "EventStreamResponse",
+    "Item",
     "JSONEncoder",
     "NamedEventEncoder",
     "ProtocolError",

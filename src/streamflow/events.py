@@ -112,11 +112,13 @@ class ChatHistory(_EventBase):
 
 
 class Error(_EventBase):
-    """The run failed. ``message`` is meant for the user; ``code`` for programs."""
+    """The run failed. ``message`` is meant for the user; ``code`` for programs; ``step``
+    names the step that failed, when known."""
 
     type: Literal["error"] = "error"
     message: str
     code: str | None = None
+    step: str | None = None
 
 
 class Done(_EventBase):

@@ -53,6 +53,8 @@ class EventStreamResponse(Response):
     HEAD requests get the headers and an empty body; the source is not started.
     """
 
+    media_type = "text/event-stream"  # class-level too, so FastAPI's OpenAPI documents it
+
     def __init__(
         self,
         source: Source,

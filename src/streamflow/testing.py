@@ -104,7 +104,7 @@ def events() -> st.SearchStrategy[Event]:
         st.builds(Delta, value=text, step=optional),
         st.builds(StepEnd, step=text, output=json_values()),
         st.builds(ChatHistory, value=st.lists(message, max_size=4)),
-        st.builds(Error, message=text, code=optional),
+        st.builds(Error, message=text, code=optional, step=optional),
         st.just(Done()),
         st.builds(ToolCall, id=text, name=text, arguments=arguments, step=optional),
         st.builds(ToolResult, id=text, output=json_values(), is_error=st.booleans(), step=optional),
