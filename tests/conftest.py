@@ -8,7 +8,12 @@ from contextlib import contextmanager
 
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, settings
 from starlette.types import ASGIApp
+
+# Two cores shared with servers and browsers: time is no measure of a test here.
+settings.register_profile("streamflow", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("streamflow")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from contextlib import aclosing
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from streamflow import (
@@ -90,7 +91,7 @@ async def test_early_stop_closes_an_async_source_deterministically() -> None:
         try:
             while True:
                 yield "tick"
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         finally:
             finalized.set()
 
@@ -220,3 +221,28 @@ async def test_works_under_trio() -> None:
         yield from ["x", "y"]
 
     assert await collect(sync_words()) == [Delta(value="x"), Delta(value="y"), Done()]
+
+
+async def test_an_error_names_the_innermost_open_step() -> None:
+    async def source() -> AsyncIterator[Any]:
+        yield StepStart(step="outer")
+        yield StepStart(step="done-already")
+        yield StepEnd(step="done-already")
+        yield StepStart(step="inner")
+        raise RuntimeError("x")
+
+    events = await collect(source())
+    assert events[-2:] == [hide_exception(RuntimeError()).model_copy(update={"step": "inner"}), Done()]
+    assert not any(isinstance(e, StepEnd) and e.step == "inner" for e in events), "no fake StepEnd"
+
+
+async def test_an_error_event_from_the_source_gets_the_step_unless_it_names_one() -> None:
+    items = [StepStart(step="a"), Error(message="m"), StepStart(step="b"), Error(message="n", step="own")]
+    events = await collect(items)
+    assert events[1] == Error(message="m", step="a")
+    assert events[3] == Error(message="n", step="own")
+
+
+async def test_no_step_when_none_is_open() -> None:
+    events = await collect([StepStart(step="a"), StepEnd(step="a"), Error(message="m")])
+    assert events[2] == Error(message="m")

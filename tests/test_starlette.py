@@ -330,12 +330,12 @@ async def test_exception_mid_stream_delivers_everything_then_error_then_done(bas
         StepStart(step="work"),
         Delta(value="partial "),
         Delta(value="answer"),
-        Error(message="The stream failed because of an internal error.", code="internal_error"),
+        Error(message="The stream failed because of an internal error.", code="internal_error", step="work"),
         Done(),
     ]
     assert "hunter2" not in repr(events)
     exposed = await stream_events(f"{base_url}/failing?expose=1")
-    assert exposed[3] == Error(message="database password=hunter2 refused", code="RuntimeError")
+    assert exposed[3] == Error(message="database password=hunter2 refused", code="RuntimeError", step="work")
 
 
 @pytest.mark.slow
@@ -407,7 +407,10 @@ async def test_trio_server(trio_url: str) -> None:
         Done(),
     ]
     failing = await stream_events(f"{trio_url}/failing")
-    assert failing[-2:] == [hide_exception(RuntimeError()), Done()]
+    assert failing[-2:] == [
+        Error(message=hide_exception(RuntimeError()).message, code="internal_error", step="work"),
+        Done(),
+    ]
 
 
 @pytest.mark.slow
@@ -434,7 +437,10 @@ async def test_behind_base_http_middleware() -> None:
                 assert await anext(events) == Delta(value="tick 1")
                 await events.aclose()
             assert apps.signals.finalized.wait(1.0), "the source kept running behind the middleware"
-            assert (await stream_events(f"{url}/failing"))[-2:] == [hide_exception(RuntimeError()), Done()]
+            failing = await stream_events(f"{url}/failing")
+            assert failing[-2] == Error(
+                message=hide_exception(RuntimeError()).message, code="internal_error", step="work"
+            )
 
 
 def test_fastapi_documents_the_stream_media_type() -> None:

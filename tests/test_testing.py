@@ -37,7 +37,7 @@ def test_assert_roundtrip_catches_an_event_named_error() -> None:
 
 
 def test_hypothesis_finds_the_naive_encoders_bug() -> None:
-    @settings(max_examples=200, database=None)
+    @settings(max_examples=500, database=None, derandomize=True, report_multiple_bugs=False)
     @given(st.lists(events(), max_size=5))
     def check(evs: list[Event]) -> None:
         assert_roundtrip(NaiveEncoder, evs)
@@ -54,7 +54,7 @@ def test_sse_texts_are_valid_utf8_text(text: str) -> None:
 def test_sse_texts_reach_the_tricky_characters() -> None:
     seen: set[str] = set()
 
-    @settings(max_examples=300, database=None)
+    @settings(max_examples=300, database=None, derandomize=True)
     @given(sse_texts())
     def collect(text: str) -> None:
         seen.update(c for c in ("\r\n", "\n\n", "\r", "data: ", ":", " ") if c in text)

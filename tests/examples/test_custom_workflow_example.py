@@ -109,7 +109,9 @@ async def test_failing_workflow_sends_earlier_events_then_error_and_done(
         Delta(value="Found 2 documents.\n"),
         StepEnd(step="fetch", output={"titles": ["Server-Sent Events", "Cancellation"]}),
         StepStart(step="analyze", index=2, total=3),
-        Error(message="The stream failed because of an internal error.", code="internal_error"),
+        Error(
+            message="The stream failed because of an internal error.", code="internal_error", step="analyze"
+        ),
         Done(),
     ]
     check_named(events, names)

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeAlias
 import anyio
 import anyio.to_thread
 
-from streamflow.events import EVENT_CLASSES, Delta, Done, Error, Event, parse_event
+from streamflow.events import EVENT_CLASSES, Delta, Done, Error, Event, StepEnd, StepStart, parse_event
 
 __all__ = [
     "ErrorHandler",
@@ -77,7 +77,9 @@ def from_iterable(
     A ``Done`` from the source ends the stream. An exception from the source, or an item
     that is none of the above, ends it with the :class:`~streamflow.events.Error` that
     ``on_error`` makes (logged with its traceback) and then ``Done``; with
-    ``on_error=None`` the exception propagates instead.
+    ``on_error=None`` the exception propagates instead. An ``Error`` ends every step still
+    open -- no ``StepEnd`` follows -- and names the innermost one in ``Error.step`` unless it
+    names a step itself.
 
     Sync iterables are advanced in a worker thread so a blocking generator never blocks
     the event loop (lists and tuples are read directly). The source is closed (``aclose()``
@@ -93,12 +95,21 @@ def from_iterable(
 async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerator[Event, None]:
     items = aiter(source) if isinstance(source, AsyncIterable) else _thread_items(source)
     failure: Exception | None = None
+    open_steps: list[str] = []  # to name the failing step in an Error
     try:
         async for item in items:
             event = _to_event(item)
             if event is None:
                 continue
-            if type(event) is Done:
+            if type(event) is Delta:
+                pass  # the common case first
+            elif type(event) is StepStart:
+                open_steps.append(event.step)
+            elif type(event) is StepEnd:
+                _close_step(open_steps, event.step)
+            elif type(event) is Error:
+                event = _with_step(event, open_steps)
+            elif type(event) is Done:
                 break
             yield event
     except Exception as exc:
@@ -111,8 +122,22 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
             await aclose()
     if failure is not None:
         logger.error("streamflow: the event source failed", exc_info=failure)
-        yield _error_event(on_error, failure)
+        yield _with_step(_error_event(on_error, failure), open_steps)
     yield _DONE
+
+
+def _close_step(open_steps: list[str], step: str) -> None:
+    for index in range(len(open_steps) - 1, -1, -1):
+        if open_steps[index] == step:
+            del open_steps[index]
+            return
+
+
+def _with_step(error: Error, open_steps: list[str]) -> Error:
+    """An error ends every open step; it names the innermost one unless it names its own."""
+    if error.step is None and open_steps:
+        return error.model_copy(update={"step": open_steps[-1]})
+    return error
 
 
 def _error_event(on_error: ErrorHandler | None, exc: Exception) -> Error:
