@@ -6,17 +6,13 @@ import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
 )
 from typing import Any, Final, TypeAlias
 
-import anyio
-import anyio.to_thread
-
+from streamflow.adapters._generators import iterate_in_thread
 from streamflow.events import EVENT_CLASSES, Delta, Done, Error, Event, StepEnd, StepStart, parse_event
 
 __all__ = [
@@ -93,7 +89,7 @@ def from_iterable(
 
 
 async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerator[Event, None]:
-    items = aiter(source) if isinstance(source, AsyncIterable) else _thread_items(source)
+    items = aiter(source) if isinstance(source, AsyncIterable) else iterate_in_thread(source)
     failure: Exception | None = None
     open_steps: list[str] = []  # to name the failing step in an Error
     try:
@@ -167,25 +163,6 @@ def _to_event(item: object) -> Event | None:
     raise InvalidItemError(
         f"a source yielded a {type(item).__name__}; expected str, Event, dict or (dict, state)"
     )
-
-
-_END: Final = object()
-
-
-async def _thread_items(source: Iterable[Item]) -> AsyncIterator[Item]:
-    if isinstance(source, (list, tuple)):
-        for item in source:
-            yield item
-        return
-    iterator: Iterator[Item] = iter(source)
-    try:
-        while (item := await anyio.to_thread.run_sync(next, iterator, _END)) is not _END:
-            yield item
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(close)
 
 
 _DONE: Final = Done()
