@@ -36,7 +36,7 @@ async def test_a_cut_stream_is_an_incomplete_stream_error() -> None:
 
 
 async def test_a_frame_that_is_not_an_event_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError, match="invalid JSON"):
+    with pytest.raises(ProtocolError, match="Invalid JSON"):
         [event async for event in aiter_events(chunks(b"data: [DONE]\n\n"))]
 
 
@@ -114,3 +114,28 @@ async def test_leaving_the_block_early_closes_the_upstream(url: str) -> None:
     async with httpx.AsyncClient() as http, connect(http, "GET", f"{url}/endless") as events:
         assert await anext(events) == Delta(value="tick 1")
     assert apps.signals.finalized.wait(1.0), "the upstream source kept running"
+
+
+def test_connect_raises_a_short_read_timeout_but_keeps_an_explicit_one() -> None:
+    seen: list[httpx.Timeout] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(httpx.Timeout(**request.extensions["timeout"]))
+        body = b'data: {"type":"done"}\n\n'
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    async def read_with(**kwargs: Any) -> None:
+        transport = httpx.MockTransport(handler)
+        async with (
+            httpx.AsyncClient(transport=transport) as http,
+            connect(http, "GET", "http://t/", **kwargs) as ev,
+        ):
+            assert [e async for e in ev] == [Done()]
+
+    import anyio
+
+    anyio.run(read_with)
+    anyio.run(lambda: read_with(timeout=2.0))
+    assert seen[0].read == 60.0
+    assert seen[0].connect == 5.0
+    assert seen[1].read == 2.0

@@ -80,9 +80,9 @@ def test_events_are_immutable_values() -> None:
         ('{"type":"tool_call","id":"1"}', "tool_call.name: Field required"),
         ('{"type":"step_start","step":"s","index":0}', "step_start.index"),
         ('{"type":"chat_history","value":[{"role":"user"}]}', "chat_history.value.0.content"),
-        ("not json", "invalid JSON"),
+        ("not json", "Invalid JSON"),
         ("[1]", "an event must be a JSON object"),
-        ("", "invalid JSON"),
+        ("", "Invalid JSON"),
     ],
 )
 def test_parse_event_names_the_problem(data: str, message: str) -> None:

@@ -236,11 +236,24 @@ async def test_an_error_names_the_innermost_open_step() -> None:
     assert not any(isinstance(e, StepEnd) and e.step == "inner" for e in events), "no fake StepEnd"
 
 
-async def test_an_error_event_from_the_source_gets_the_step_unless_it_names_one() -> None:
-    items = [StepStart(step="a"), Error(message="m"), StepStart(step="b"), Error(message="n", step="own")]
-    events = await collect(items)
-    assert events[1] == Error(message="m", step="a")
-    assert events[3] == Error(message="n", step="own")
+async def test_an_error_from_the_source_is_terminal_and_named_after_the_open_step() -> None:
+    closed = []
+
+    async def source() -> AsyncIterator[Any]:
+        try:
+            yield StepStart(step="a")
+            yield Error(message="m")
+            yield "never"
+        finally:
+            closed.append(True)
+
+    assert await collect(source()) == [StepStart(step="a"), Error(message="m", step="a"), Done()]
+    assert closed == [True]
+    assert await collect([StepStart(step="b"), Error(message="n", step="own")]) == [
+        StepStart(step="b"),
+        Error(message="n", step="own"),
+        Done(),
+    ]
 
 
 async def test_no_step_when_none_is_open() -> None:

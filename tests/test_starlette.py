@@ -20,6 +20,7 @@ from streamflow import (
     Error,
     Event,
     EventStreamResponse,
+    JSONEncoder,
     NamedEventEncoder,
     StepEnd,
     StepStart,
@@ -218,6 +219,77 @@ async def test_an_event_the_encoder_cannot_write_becomes_error_then_done() -> No
     await run(EventStreamResponse(source()), recorder)
     assert events_of(recorder.bodies) == [Delta(value="ok"), hide_exception(ValueError()), Done()]
     assert closed == [True]
+
+
+async def test_an_unencodable_event_names_the_open_step() -> None:
+    recorder = Recorder()
+    await run(EventStreamResponse([StepStart(step="s"), Delta(value="\ud800"), "never"]), recorder)
+    assert events_of(recorder.bodies) == [
+        StepStart(step="s"),
+        hide_exception(ValueError()).model_copy(update={"step": "s"}),
+        Done(),
+    ]
+
+
+async def test_a_failing_on_error_still_ends_the_stream_with_error_and_done() -> None:
+    def broken(exc: Exception) -> Error:
+        raise RuntimeError("handler bug")
+
+    recorder = Recorder()
+    await run(EventStreamResponse([Delta(value="\ud800")], on_error=broken), recorder)
+    assert events_of(recorder.bodies) == [hide_exception(ValueError()), Done()]
+
+
+class BrokenEncoder(JSONEncoder):
+    def __init__(self, fail_in: str) -> None:
+        self.fail_in = fail_in
+
+    def open(self) -> bytes:
+        if self.fail_in == "open":
+            raise RuntimeError("open")
+        return b""
+
+    def encode(self, event: Event, *, id: str | None = None) -> bytes:  # noqa: A002
+        if self.fail_in == "encode":
+            raise RuntimeError("encode")
+        return super().encode(event, id=id)
+
+    def close(self) -> bytes:
+        if self.fail_in == "close":
+            raise RuntimeError("close")
+        return b""
+
+
+@pytest.mark.parametrize("fail_in", ["open", "encode", "close"])
+async def test_a_broken_encoder_ends_the_response_cleanly_and_closes_the_source(
+    fail_in: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, closed = [], []
+
+    async def source() -> AsyncIterator[str]:
+        started.append(True)
+        try:
+            yield "x"
+        finally:
+            closed.append(True)
+
+    recorder = Recorder()
+    with anyio.fail_after(3):
+        await run(EventStreamResponse(source(), encoder=BrokenEncoder(fail_in)), recorder)
+    assert recorder.messages[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    assert "could not be encoded" in caplog.text
+    assert closed == started == ([] if fail_in == "open" else [True])
+
+
+def test_header_names_override_whatever_their_case() -> None:
+    response = EventStreamResponse([], headers={"Cache-Control": "no-store", "X-Extra": "1"})
+    assert response.headers.getlist("cache-control") == ["no-store"]
+    assert response.headers["x-extra"] == "1"
+
+
+def test_on_error_none_is_refused_by_the_transport() -> None:
+    with pytest.raises(TypeError, match="on_error"):
+        EventStreamResponse([], on_error=None)  # type: ignore[arg-type]
 
 
 async def test_exactly_one_done_even_if_the_source_sends_its_own() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from streamflow.events import Done, Event, ProtocolError, parse_event
 from streamflow.sse import ServerSentEvent, SSEDecoder
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = ["IncompleteStreamError", "aiter_events", "aiter_sse", "connect"]
+
+_READ_TIMEOUT: Final = 60.0  # four missed pings at EventStreamResponse's default of 15 s
 
 
 class IncompleteStreamError(ProtocolError):
@@ -61,11 +63,21 @@ async def connect(
     """Open a streamflow stream with httpx and yield its typed events.
 
     ``kwargs`` go to :meth:`httpx.AsyncClient.stream` (``json=``, ``headers=``,
-    ``timeout=``...). Raises :class:`httpx.HTTPStatusError` for a non-2xx answer and
+    ``timeout=``...). Without ``timeout=``, a client read timeout under 60 s is raised to
+    60 s for this request: a stream may be quiet for a ping interval (15 s by default).
+    Raises :class:`httpx.HTTPStatusError` for a non-2xx answer and
     :class:`~streamflow.events.ProtocolError` for one that is not ``text/event-stream``.
     The response is closed when the block exits, even in the middle of the stream.
     """
     headers = {"accept": "text/event-stream", "cache-control": "no-store", **kwargs.pop("headers", {})}
+    if "timeout" not in kwargs and client.timeout.read is not None and client.timeout.read < _READ_TIMEOUT:
+        # httpx's 5 s default would cut a healthy stream that is quiet until its next ping.
+        kwargs["timeout"] = client.timeout.__class__(
+            connect=client.timeout.connect,
+            read=_READ_TIMEOUT,
+            write=client.timeout.write,
+            pool=client.timeout.pool,
+        )
     async with client.stream(method, url, headers=headers, **kwargs) as response:
         if response.is_error:
             await response.aread()

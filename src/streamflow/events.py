@@ -47,10 +47,23 @@ class ProtocolError(ValueError):
         self.errors: list[dict[str, Any]] = errors or []
 
 
+def _wire_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Describe the wire JSON exactly, for generated front-end types: a field whose
+    default is not ``None`` is always written (required); a ``None`` default is omitted on
+    the wire, so no ``default`` is shown (next to a ``$ref`` it confuses generators)."""
+    required = schema.setdefault("required", [])
+    for name, field in model.model_fields.items():
+        prop = schema["properties"].get(name, {})
+        if field.default is None:
+            prop.pop("default", None)
+        elif name not in required:
+            required.append(name)
+
+
 class _Model(BaseModel):
     # Unknown fields are ignored so that a reader keeps working when a newer writer adds
     # one; an unknown event *type* is still an error.
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", json_schema_extra=_wire_schema)
 
 
 class _EventBase(_Model):
@@ -184,7 +197,7 @@ def event_json_schema() -> dict[str, Any]:
 
     ``python -m streamflow schema`` prints it.
     """
-    return _adapter.json_schema(mode="serialization")
+    return {"title": "Event", **_adapter.json_schema(mode="serialization")}
 
 
 def parse_event(data: str | bytes | bytearray | dict[str, Any]) -> Event:
@@ -213,7 +226,7 @@ def _protocol_error(exc: ValidationError) -> ProtocolError:
     elif kind == "union_tag_not_found":
         message = "missing event field 'type'"
     elif kind == "json_invalid":
-        message = f"invalid JSON: {first['msg']}"
+        message = str(first["msg"])  # "Invalid JSON: ..."
     elif not first["loc"]:
         message = f"an event must be a JSON object ({first['msg']})"
     else:

@@ -38,7 +38,7 @@ def frame(
     encodable as UTF-8 (a lone surrogate).
     """
     if type(data) is not str:
-        raise TypeError(f"SSE data must be a str, not {type(data).__name__}")
+        raise ValueError(f"SSE data must be a str, not {type(data).__name__}")
     head = ""
     if id is not None:
         _check_single_line("id", id)
@@ -52,7 +52,7 @@ def frame(
         head += f"event: {event}\n"
     if retry is not None:
         if type(retry) is not int or not 0 <= retry <= _MAX_RETRY:
-            shown = "an out-of-range int" if type(retry) is int else repr(retry)
+            shown = "an int over 2**64-1" if type(retry) is int and retry > _MAX_RETRY else repr(retry)
             raise ValueError(f"SSE field 'retry' must be an int from 0 to 2**64-1, not {shown}")
         head += f"retry: {retry}\n"
     if "\n" in data or "\r" in data:

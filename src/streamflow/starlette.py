@@ -14,7 +14,6 @@ from starlette.types import Receive, Scope, Send
 from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
 from streamflow.encoders.base import Encoder
 from streamflow.encoders.json_events import JSONEncoder
-from streamflow.events import Done, Event
 from streamflow.sse import comment
 
 __all__ = ["EventStreamResponse"]
@@ -76,6 +75,8 @@ class EventStreamResponse(Response):
             )
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1 byte, not {buffer_size!r}")
+        if not callable(on_error):
+            raise TypeError(f"on_error must be a function from Exception to Error, not {on_error!r}")
         self.encoder: Encoder = encoder if encoder is not None else JSONEncoder()
         self.events = from_iterable(source, on_error=on_error)
         self.on_error = on_error
@@ -85,7 +86,10 @@ class EventStreamResponse(Response):
         self.status_code = status_code
         self.media_type = self.encoder.media_type
         self.background = background
-        self.init_headers({**_DEFAULT_HEADERS, **self.encoder.headers, **(headers or {})})
+        merged = {**_DEFAULT_HEADERS}  # later sources win, whatever the case of their names
+        for extra in (self.encoder.headers, headers or {}):
+            merged.update((name.lower(), value) for name, value in extra.items())
+        self.init_headers(merged)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -122,25 +126,19 @@ class EventStreamResponse(Response):
                 try:
                     chunk = encoder.encode(event)
                 except Exception as exc:  # an event the wire format cannot carry
-                    logger.error("streamflow: cannot encode a %s event", event.type, exc_info=exc)
-                    await events.aclose()
-                    chunk = self._encode_failure(exc)
+                    # Thrown back into the stream, whose one mechanism for failures closes
+                    # the source and makes the Error (naming the open step), then Done.
+                    chunk = encoder.encode(await events.athrow(exc))
                 await outbox.put(chunk)
             outbox.put_nowait(encoder.close())
+        except Exception:  # a broken encoder or on_error: end the stream, never a traceback
+            logger.exception("streamflow: the stream could not be encoded; it ends here")
         finally:
             # Shielded and bounded: an agent suspended at a yield gets to run its async
             # clean-up even though this task is being cancelled.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await events.aclose()
             outbox.finish()
-
-    def _encode_failure(self, exc: Exception) -> bytes:
-        error: Event = self.on_error(exc)
-        try:
-            chunk = self.encoder.encode(error)
-        except Exception:
-            chunk = self.encoder.encode(hide_exception(exc))
-        return chunk + self.encoder.encode(Done())
 
     async def _deliver(self, outbox: _Outbox, send: Send) -> None:
         while True:

@@ -2,7 +2,7 @@
 
 Needs the ``testing`` extra (``pip install "streamflow[testing]"``, for hypothesis)::
 
-    from hypothesis import given
+    from hypothesis import given, strategies as st
     from streamflow.testing import assert_roundtrip, events
 
     @given(st.lists(events()))

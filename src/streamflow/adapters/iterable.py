@@ -70,12 +70,13 @@ def from_iterable(
     ``(result, state)`` tuple a ``Delta`` of ``result["delta"]`` (the final tuple of a Burr
     streaming action, with a state and no ``"delta"``, carries no text and is skipped).
 
-    A ``Done`` from the source ends the stream. An exception from the source, or an item
-    that is none of the above, ends it with the :class:`~streamflow.events.Error` that
-    ``on_error`` makes (logged with its traceback) and then ``Done``; with
-    ``on_error=None`` the exception propagates instead. An ``Error`` ends every step still
-    open -- no ``StepEnd`` follows -- and names the innermost one in ``Error.step`` unless it
-    names a step itself.
+    A ``Done`` from the source ends the stream, and so does an ``Error``: it is followed by
+    ``Done`` alone. An exception from the source, or an item that is none of the above (or
+    one thrown in with ``athrow()``, as the transport does for an event it cannot encode),
+    ends it with the :class:`~streamflow.events.Error` that ``on_error`` makes (logged with
+    its traceback) and then ``Done``; with ``on_error=None`` the exception propagates
+    instead. An ``Error`` ends every step still open -- no ``StepEnd`` follows -- and names
+    the innermost one in ``Error.step`` unless it names a step itself.
 
     Sync iterables are advanced in a worker thread so a blocking generator never blocks
     the event loop (lists and tuples are read directly). The source is closed (``aclose()``
@@ -103,8 +104,9 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
                 open_steps.append(event.step)
             elif type(event) is StepEnd:
                 _close_step(open_steps, event.step)
-            elif type(event) is Error:
-                event = _with_step(event, open_steps)
+            elif type(event) is Error:  # terminal, like Done: the run failed
+                yield _with_step(event, open_steps)
+                break
             elif type(event) is Done:
                 break
             yield event
@@ -117,7 +119,7 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
         if aclose is not None:
             await aclose()
     if failure is not None:
-        logger.error("streamflow: the event source failed", exc_info=failure)
+        logger.error("streamflow: the stream failed", exc_info=failure)
         yield _with_step(_error_event(on_error, failure), open_steps)
     yield _DONE
 
