@@ -259,3 +259,26 @@ async def test_an_error_from_the_source_is_terminal_and_named_after_the_open_ste
 async def test_no_step_when_none_is_open() -> None:
     events = await collect([StepStart(step="a"), StepEnd(step="a"), Error(message="m")])
     assert events[2] == Error(message="m")
+
+
+async def test_a_handler_that_returns_no_error_falls_back_to_the_generic_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def sloppy(exc: Exception) -> Error:
+        return None  # type: ignore[return-value]
+
+    def boom() -> Iterator[str]:
+        raise KeyError("k")
+        yield "unreachable"
+
+    assert await collect(boom(), on_error=sloppy) == [hide_exception(KeyError()), Done()]
+    assert "returned None, not an Error" in caplog.text
+
+
+async def test_a_step_whose_start_was_refused_downstream_is_not_named() -> None:
+    events = from_iterable([StepStart(step="outer"), StepStart(step="inner"), "x"])
+    assert await anext(events) == StepStart(step="outer")
+    assert await anext(events) == StepStart(step="inner")
+    error = await events.athrow(ValueError("the consumer could not send it"))
+    assert error == hide_exception(ValueError()).model_copy(update={"step": "outer"})
+    assert [e async for e in events] == [Done()]

@@ -60,3 +60,8 @@ def test_to_json_is_what_parse_event_reads(event: Event) -> None:
 def test_delta_fast_path_equals_pydantic(value: str, step: str | None) -> None:
     event = Delta(value=value, step=step)
     assert event.to_json() == event.model_dump_json(exclude_none=True)
+
+
+@given(events(), st.none() | st.integers(0, 10**6).map(str))
+def test_json_encoders_fast_path_writes_exactly_what_frame_writes(event: Event, event_id: str | None) -> None:
+    assert JSONEncoder().encode(event, id=event_id) == frame(event.to_json(), id=event_id)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -158,6 +159,34 @@ async def test_send_timeout_drops_a_stalled_client_and_cancels_the_source() -> N
     with anyio.fail_after(3):
         await run(EventStreamResponse(source(), send_timeout=0.2), recorder)
     assert finalized.is_set()
+
+
+class CompletingRecorder(Recorder):
+    """Like uvicorn: once the response is complete, receive() reports a disconnect."""
+
+    async def send(self, message: Message) -> None:
+        await super().send(message)
+        await anyio.lowlevel.checkpoint()
+        if message.get("more_body") is False:
+            self.disconnect.set()
+            await anyio.lowlevel.checkpoint()
+
+
+async def test_the_disconnect_log_is_only_for_disconnects(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="streamflow")
+    await run(EventStreamResponse(["x"]), CompletingRecorder())
+    assert "went away" not in caplog.text
+
+    async def slow() -> AsyncIterator[str]:
+        yield "x"
+        await anyio.sleep(3600)
+
+    recorder = Recorder()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, EventStreamResponse(slow()), recorder)
+        await anyio.sleep(0.05)
+        recorder.disconnect.set()
+    assert "went away" in caplog.text
 
 
 async def test_disconnect_cancels_an_idle_source() -> None:

@@ -108,14 +108,13 @@ class EventStreamResponse(Response):
             async def watch_disconnect() -> None:
                 while (await receive())["type"] != "http.disconnect":
                     pass
-                outbox.disconnected = True
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(watch_disconnect)
             tasks.start_soon(self._produce, outbox)
             await self._deliver(outbox, send)
             tasks.cancel_scope.cancel()
-        if outbox.disconnected:
+        if not outbox.delivered:
             logger.debug("streamflow: the client went away; the source was cancelled")
 
     async def _produce(self, outbox: _Outbox) -> None:
@@ -129,7 +128,9 @@ class EventStreamResponse(Response):
                     # Thrown back into the stream, whose one mechanism for failures closes
                     # the source and makes the Error (naming the open step), then Done.
                     chunk = encoder.encode(await events.athrow(exc))
-                await outbox.put(chunk)
+                outbox.put_nowait(chunk)
+                if outbox.size >= outbox.limit:
+                    await outbox.wait_for_space()
             outbox.put_nowait(encoder.close())
         except Exception:  # a broken encoder or on_error: end the stream, never a traceback
             logger.exception("streamflow: the stream could not be encoded; it ends here")
@@ -141,6 +142,7 @@ class EventStreamResponse(Response):
             outbox.finish()
 
     async def _deliver(self, outbox: _Outbox, send: Send) -> None:
+        """Send what the producer queues until it finishes, then the end of the body."""
         while True:
             if not outbox.size and not outbox.finished:
                 with anyio.move_on_after(self.ping if self.ping is not None else float("inf")):
@@ -153,6 +155,7 @@ class EventStreamResponse(Response):
                 body = _PING
             if not await self._send(send, body, more_body=True):
                 return
+        outbox.delivered = True  # servers may report a disconnect while this last send runs
         await self._send(send, b"", more_body=False)
 
     async def _send(self, send: Send, body: bytes, *, more_body: bool) -> bool:
@@ -175,35 +178,36 @@ class _Outbox:
     """Encoded bytes between the producer and the sender: several events ready at once
     leave in one body message, and at most ``limit`` bytes wait for a slow client."""
 
-    __slots__ = ("_space", "chunks", "disconnected", "finished", "limit", "ready", "size")
+    __slots__ = ("_space", "chunks", "delivered", "finished", "limit", "ready", "size")
 
     def __init__(self, limit: int) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit
         self.ready = anyio.Event()
-        self._space = anyio.Event()
+        self._space: anyio.Event | None = None  # only while the producer waits for room
         self.finished = False
-        self.disconnected = False
+        self.delivered = False  # every event went out: what follows is no disconnect mid-stream
 
     def put_nowait(self, chunk: bytes) -> None:
         if chunk:
+            if not self.chunks:  # the first of a batch wakes the sender
+                self.ready.set()
             self.chunks.append(chunk)
             self.size += len(chunk)
-            self.ready.set()
 
-    async def put(self, chunk: bytes) -> None:
-        self.put_nowait(chunk)
-        if self.size >= self.limit:
-            self._space = anyio.Event()
-            await self._space.wait()
+    async def wait_for_space(self) -> None:
+        self._space = anyio.Event()
+        await self._space.wait()
 
     def take(self) -> bytes:
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks.clear()
         self.size = 0
         self.ready = anyio.Event()
-        self._space.set()
+        if self._space is not None:
+            self._space.set()
+            self._space = None
         return body
 
     def finish(self) -> None:

@@ -109,7 +109,12 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
                 break
             elif type(event) is Done:
                 break
-            yield event
+            try:
+                yield event
+            except Exception:  # thrown in by the consumer: this event never reached the client
+                if type(event) is StepStart:
+                    open_steps.pop()
+                raise
     except Exception as exc:
         if on_error is None:
             raise
@@ -141,9 +146,13 @@ def _with_step(error: Error, open_steps: list[str]) -> Error:
 def _error_event(on_error: ErrorHandler | None, exc: Exception) -> Error:
     if on_error is not None:
         try:
-            return on_error(exc)
+            error = on_error(exc)
         except Exception:
             logger.exception("streamflow: the on_error handler failed")
+        else:
+            if isinstance(error, Error):
+                return error
+            logger.error("streamflow: the on_error handler returned %r, not an Error", error)
     return hide_exception(exc)
 
 
