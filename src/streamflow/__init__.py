@@ -1,7 +1,16 @@
 """streamflow: agent workflows as exact, typed Server-Sent Event streams."""
 
 from streamflow.adapters.iterable import Item, expose_exception, from_iterable, hide_exception
-from streamflow.encoders import ERROR_EVENT_NAME, Encoder, JSONEncoder, NamedEventEncoder
+from streamflow.encoders import (
+    ERROR_EVENT_NAME,
+    AGUIEncoder,
+    Encoder,
+    HTMXEncoder,
+    JSONEncoder,
+    NamedEventEncoder,
+    VercelAIEncoder,
+    VercelChatRequest,
+)
 from streamflow.events import (
     ChatHistory,
     ChatMessage,
@@ -24,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ERROR_EVENT_NAME",
+    "AGUIEncoder",
     "ChatHistory",
     "ChatMessage",
     "Delta",
@@ -32,6 +42,7 @@ __all__ = [
     "Error",
     "Event",
     "EventStreamResponse",
+    "HTMXEncoder",
     "Item",
     "JSONEncoder",
     "NamedEventEncoder",
@@ -42,6 +53,8 @@ __all__ = [
     "StepStart",
     "ToolCall",
     "ToolResult",
+    "VercelAIEncoder",
+    "VercelChatRequest",
     "__version__",
     "comment",
     "event_json_schema",
