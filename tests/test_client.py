@@ -139,3 +139,27 @@ def test_connect_raises_a_short_read_timeout_but_keeps_an_explicit_one() -> None
     assert seen[0].read == 60.0
     assert seen[0].connect == 5.0
     assert seen[1].read == 2.0
+
+
+def test_connect_takes_headers_in_any_form_httpx_does() -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append([(k, v) for k, v in request.headers.multi_items() if k in ("accept", "x-a")])
+        body = b'data: {"type":"done"}\n\n'
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    async def read_with(headers: Any) -> None:
+        transport = httpx.MockTransport(handler)
+        async with (
+            httpx.AsyncClient(transport=transport) as http,
+            connect(http, "GET", "http://t/", headers=headers) as ev,
+        ):
+            assert [event async for event in ev] == [Done()]
+
+    import anyio
+
+    anyio.run(read_with, {"Accept": "text/event-stream, application/json"})
+    anyio.run(read_with, [("x-a", "1")])
+    assert seen[0] == [("accept", "text/event-stream, application/json")], "one Accept, the caller's"
+    assert sorted(seen[1]) == [("accept", "text/event-stream"), ("x-a", "1")]

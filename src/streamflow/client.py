@@ -69,7 +69,11 @@ async def connect(
     :class:`~streamflow.events.ProtocolError` for one that is not ``text/event-stream``.
     The response is closed when the block exits, even in the middle of the stream.
     """
-    headers = {"accept": "text/event-stream", "cache-control": "no-store", **kwargs.pop("headers", {})}
+    import httpx  # the client extra; only this function needs it
+
+    headers = httpx.Headers(kwargs.pop("headers", None))  # any form httpx takes, names in any case
+    headers.setdefault("accept", "text/event-stream")
+    headers.setdefault("cache-control", "no-store")
     if "timeout" not in kwargs and client.timeout.read is not None and client.timeout.read < _READ_TIMEOUT:
         # httpx's 5 s default would cut a healthy stream that is quiet until its next ping.
         kwargs["timeout"] = client.timeout.__class__(

@@ -215,7 +215,7 @@ async def test_step_outputs_are_json() -> None:
     assert events == [
         StepStart(step="search"),
         StepEnd(
-            step="search", output={"hits": [{"score": 0.5}], "at": "2024-07-25 00:00:00+00:00", "ids": [1, 2]}
+            step="search", output={"hits": [{"score": 0.5}], "at": "2024-07-25T00:00:00Z", "ids": [1, 2]}
         ),
         Done(),
     ]

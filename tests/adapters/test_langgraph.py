@@ -330,7 +330,7 @@ async def test_non_json_arguments_and_outputs_are_converted_not_fatal() -> None:
     events = await run(one_node_graph(GenericFakeChatModel(messages=iter([])), act))
     assert events == [
         StepStart(step="agent"),
-        ToolCall(id="c1", name="schedule", arguments={"when": str(when), "tags": ["a", "b"]}, step="agent"),
+        ToolCall(id="c1", name="schedule", arguments={"when": when.isoformat(), "tags": ["a", "b"]}, step="agent"),
         ToolResult(
             id="c1",
             output=[{"type": "text", "text": "booked"}, {"type": "text", "text": " at noon"}],

@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Iterator
 from enum import Enum
-from typing import Any
+from typing import Final
 
 try:
     from google.adk.agents.run_config import RunConfig, StreamingMode  # type: ignore[attr-defined]
@@ -57,11 +57,14 @@ try:
 except ImportError as exc:
     raise ImportError('from_adk needs google-adk: pip install "streamflow[adk]"') from exc
 
+import anyio
 from pydantic import JsonValue
-from pydantic_core import to_jsonable_python
 
+from streamflow.adapters._json import json_value as _json
 from streamflow.adapters.iterable import ErrorHandler, from_iterable, hide_exception
 from streamflow.events import Delta, Error, Event, StepEnd, StepStart, ToolCall, ToolResult
+
+_CLOSE_TIMEOUT: Final = 5.0  # seconds a cancelled run gets to close the model's stream
 
 __all__ = ["AdkError", "from_adk"]
 
@@ -141,7 +144,9 @@ async def _events(
             raise  # from_iterable makes it the Error; it names the open step
         logger.debug("streamflow: ADK raised the failure its error event reported", exc_info=True)
     finally:
-        await _close(stream, after_error=failure is not None)
+        # Shielded and bounded: runs even when the consumer is being cancelled.
+        with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            await _close(stream, after_error=failure is not None)
     if failure is not None:
         yield _error(failure[0], on_error, step=failure[1])  # an Error ends the open step
     elif (end := mapper.end_step()) is not None:
@@ -253,15 +258,6 @@ def _step_of(event: AdkEvent) -> tuple[str | None, str | None]:
     if path:
         return path, event.node_info.name
     return event.author or None, event.author or None
-
-
-def _json(value: Any) -> JsonValue:
-    """``value`` as JSON data: models, dataclasses, dates, sets... converted; anything else ``str()``."""
-    try:
-        converted: JsonValue = to_jsonable_python(value, fallback=str)
-    except Exception:
-        return str(value)
-    return converted
 
 
 def _text(value: object) -> str | None:

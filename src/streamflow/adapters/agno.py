@@ -96,10 +96,9 @@ try:
 except ImportError as exc:
     raise ImportError('from_agno needs agno: pip install "streamflow[agno]"') from exc
 
-from pydantic import JsonValue
-from pydantic_core import to_jsonable_python
 
 from streamflow.adapters._generators import close_chain, iterate_in_thread
+from streamflow.adapters._json import json_value as _json
 from streamflow.adapters.iterable import ErrorHandler, from_iterable, hide_exception
 from streamflow.events import Delta, Error, Event, StepEnd, StepStart, ToolCall, ToolResult
 
@@ -385,15 +384,6 @@ class _Mapper:
 
 def _tool_id(tool_call_id: str | None, name: str | None) -> str:
     return tool_call_id or name or "tool"
-
-
-def _json(value: Any) -> JsonValue:
-    """``value`` as JSON data: models, dataclasses, dates, sets... converted; anything else ``str()``."""
-    try:
-        converted: JsonValue = to_jsonable_python(value, fallback=str)
-    except Exception:
-        return str(value)
-    return converted
 
 
 async def _close(run: AsyncIterator[Any]) -> None:

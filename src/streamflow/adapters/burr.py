@@ -27,12 +27,12 @@ and the old one answered again. :func:`from_burr` detects that situation; see ``
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias, cast
 
-from pydantic import BaseModel, JsonValue
+import anyio
+from pydantic import JsonValue
 
 try:
     import burr
@@ -42,8 +42,11 @@ except ImportError as exc:
     raise ImportError('from_burr needs apache-burr: pip install "streamflow[burr]"') from exc
 
 from streamflow.adapters._generators import close_chain
+from streamflow.adapters._json import json_value
 from streamflow.adapters.iterable import ErrorHandler, InvalidItemError, from_iterable, hide_exception
 from streamflow.events import ChatHistory, ChatMessage, Delta, Event, StepEnd, StepStart
+
+_CLOSE_TIMEOUT: Final = 5.0  # seconds a cancelled run gets to close the model's stream
 
 __all__ = ["BurrInterruptedError", "from_burr"]
 
@@ -167,7 +170,9 @@ async def _events(
                     if delta.value:
                         yield delta
             finally:
-                await _close_stream(container.streaming_result_generator, stream)
+                # Shielded and bounded: runs even when the consumer is being cancelled.
+                with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                    await _close_stream(container.streaming_result_generator, stream)
             result, _ = await container.get()
             yield StepEnd(step=name, output=None if action.streaming else _json(result))
             if name in halt_names:
@@ -227,21 +232,11 @@ def _chat_history(app: Application[Any], key: str) -> ChatHistory:
 
 
 def _json(value: Any) -> JsonValue:
-    """``value`` as JSON: pydantic models are dumped, other non-JSON leaves become ``str()``,
-    and a value that still cannot be encoded (e.g. a dict with tuple keys) is ``str(value)``.
-    An empty result (Burr's ``{}`` for an action that returns only state) is ``None``."""
+    """``value`` as JSON (:func:`~streamflow.adapters._json.json_value`); an empty result
+    (Burr's ``{}`` for an action that returns only state) is ``None``."""
     if value is None or (isinstance(value, dict) and not value):
         return None
-    try:
-        return cast(JsonValue, json.loads(json.dumps(value, default=_json_leaf, allow_nan=False)))
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _json_leaf(value: object) -> object:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return str(value)
+    return json_value(value)
 
 
 async def _close_stream(burr_generator: object, stream: AsyncGenerator[Any, None]) -> None:

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Final, TypeAlias, cast
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from pydantic import BaseModel, JsonValue
 
+from streamflow.adapters._json import json_value
 from streamflow.adapters.iterable import ErrorHandler, from_iterable, hide_exception
 from streamflow.events import Delta, Event, StepEnd, StepStart, ToolCall, ToolResult
 
@@ -204,16 +203,4 @@ class _Run:
                 )
 
 
-def _to_json(value: Any) -> JsonValue:
-    """``value`` as JSON: JSON values as they are, pydantic models (and so LangChain
-    messages and content blocks) dumped, anything else -- and NaN -- as ``str()``."""
-    try:
-        return cast(JsonValue, json.loads(json.dumps(value, default=_json_default, allow_nan=False)))
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def _json_default(value: object) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return str(value)
+_to_json = json_value

@@ -1,4 +1,6 @@
-"""The Vercel AI SDK's UI message stream (``ai`` 5 and 6), as ``useChat`` reads it.
+"""The Vercel AI SDK's UI message stream v1 (``ai`` 6; tested with 6.0.322), as ``useChat`` reads it.
+
+Early ``ai`` 5 releases validate chunks strictly and refuse the ``finishReason`` of ``finish``.
 
 Every frame is ``data: <chunk JSON>`` and the response carries the header
 ``x-vercel-ai-ui-message-stream: v1``. The SDK's client validates each chunk against its
