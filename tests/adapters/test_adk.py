@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import importlib
-import socket
 import sys
 import time
 from collections.abc import AsyncGenerator, Iterator
@@ -51,27 +50,11 @@ HIDDEN = hide_exception(RuntimeError()).message
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No credentials, no telemetry, and any connection beyond the loopback interface fails."""
+def offline(monkeypatch: pytest.MonkeyPatch, loopback_only: None) -> None:
+    """No credentials, no telemetry, and no connection beyond loopback (``loopback_only``)."""
     for name in ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def check(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise OSError(f"the ADK tests must stay offline; a connection to {address!r} was attempted")
-
-    def connect(sock: socket.socket, address: Any) -> None:
-        check(sock, address)
-        real_connect(sock, address)
-
-    def connect_ex(sock: socket.socket, address: Any) -> int:
-        check(sock, address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
 def weather(city: str) -> dict[str, Any]:

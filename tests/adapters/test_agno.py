@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import socket
 import subprocess
 import sys
 import time
@@ -48,27 +47,11 @@ SQL = "SELECT COUNT(*) FROM employees"
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No API keys, no telemetry, and any connection beyond the loopback interface fails."""
+def offline(monkeypatch: pytest.MonkeyPatch, loopback_only: None) -> None:
+    """No API keys, no telemetry, and no connection beyond loopback (``loopback_only``)."""
     for name in ("OPENAI_API_KEY", "AGNO_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AGNO_TELEMETRY", "false")
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def check(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise OSError(f"the Agno tests must stay offline; a connection to {address!r} was attempted")
-
-    def connect(sock: socket.socket, address: Any) -> None:
-        check(sock, address)
-        real_connect(sock, address)
-
-    def connect_ex(sock: socket.socket, address: Any) -> int:
-        check(sock, address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
 # --- a Text-to-BI workflow, the shape the article streams: an agent step, then a function step ---------

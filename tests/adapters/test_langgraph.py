@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import importlib.util
 import os
-import socket
 import sys
 import threading
 import time
@@ -62,26 +61,10 @@ USER = {"messages": [("user", "hi")]}
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No API keys, and any connection beyond the loopback interface fails."""
+def offline(monkeypatch: pytest.MonkeyPatch, loopback_only: None) -> None:
+    """No API keys, and no connection beyond loopback (``loopback_only``)."""
     for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def check(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1"):
-            raise OSError(f"the LangGraph tests must stay offline; a connection to {address!r} was attempted")
-
-    def connect(sock: socket.socket, address: Any) -> None:
-        check(sock, address)
-        real_connect(sock, address)
-
-    def connect_ex(sock: socket.socket, address: Any) -> int:
-        check(sock, address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
 
 
 # --- graphs ---------------------------------------------------------------------------------------
@@ -330,7 +313,9 @@ async def test_non_json_arguments_and_outputs_are_converted_not_fatal() -> None:
     events = await run(one_node_graph(GenericFakeChatModel(messages=iter([])), act))
     assert events == [
         StepStart(step="agent"),
-        ToolCall(id="c1", name="schedule", arguments={"when": when.isoformat(), "tags": ["a", "b"]}, step="agent"),
+        ToolCall(
+            id="c1", name="schedule", arguments={"when": when.isoformat(), "tags": ["a", "b"]}, step="agent"
+        ),
         ToolResult(
             id="c1",
             output=[{"type": "text", "text": "booked"}, {"type": "text", "text": " at noon"}],
