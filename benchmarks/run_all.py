@@ -4,7 +4,7 @@
     python benchmarks/run_all.py --quick    # a smoke run, well under a minute
 
 Each benchmark also runs alone: ``python benchmarks/encode.py``, ``stream.py``,
-``memory.py`` (each with ``--quick``).
+``memory.py``, ``hub.py`` (each with ``--quick``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 import encode
+import hub
 import memory
 import stream
 from _common import machine
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = benchmark(passed, header=False)
         if status:
             return status
+    status = hub.main(passed)
+    if status:
+        return status
     print(f"All benchmarks took {time.perf_counter() - started:.0f} s.")
     return 0
 

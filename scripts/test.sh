@@ -20,12 +20,16 @@ if ! command -v node >/dev/null 2>&1 || ! node -e 'process.exit(+process.version
 fi
 npm ci --no-audit --no-fund --loglevel=error
 
-# Debian's Chromium for the browser tests (playwright-core drives it; it never downloads a browser).
-if [ ! -x /usr/bin/chromium ]; then
+# Debian's Chromium for the browser tests (playwright-core drives it; it never downloads a
+# browser) and Debian's redis-server for the Redis store's tests (their fixtures start it).
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else
-        echo "The browser tests need Debian's chromium: sudo apt-get install chromium" >&2
+        echo "The tests need Debian's$missing: sudo apt-get install$missing" >&2
         exit 1
     fi
 fi

@@ -1,5 +1,10 @@
 """streamflow: agent workflows as exact, typed Server-Sent Event streams."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from streamflow.adapters.iterable import Item, expose_exception, from_iterable, hide_exception
 from streamflow.encoders import (
     ERROR_EVENT_NAME,
@@ -29,6 +34,10 @@ from streamflow.events import (
 from streamflow.sse import ServerSentEvent, SSEDecoder, comment, frame
 from streamflow.starlette import EventStreamResponse
 
+if TYPE_CHECKING:
+    from streamflow.hub import StreamHub
+    from streamflow.stores import MemoryStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -45,12 +54,14 @@ __all__ = [
     "HTMXEncoder",
     "Item",
     "JSONEncoder",
+    "MemoryStore",
     "NamedEventEncoder",
     "ProtocolError",
     "SSEDecoder",
     "ServerSentEvent",
     "StepEnd",
     "StepStart",
+    "StreamHub",
     "ToolCall",
     "ToolResult",
     "VercelAIEncoder",
@@ -64,3 +75,12 @@ __all__ = [
     "hide_exception",
     "parse_event",
 ]
+
+_LAZY = {"StreamHub": "streamflow.hub", "MemoryStore": "streamflow.stores"}
+
+
+def __getattr__(name: str) -> Any:
+    # The session hub is imported on first use: a plain EventStreamResponse does not pay for it.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'streamflow' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["SSEDecoder", "ServerSentEvent", "comment", "frame"]
+__all__ = ["SSEDecoder", "ServerSentEvent", "comment", "frame", "retry"]
 
 _LINE_BREAK: Final = re.compile(r"\r\n|\r|\n")
 _MAX_RETRY: Final = 2**64 - 1  # as browsers: a longer reconnection time is ignored
@@ -41,19 +41,17 @@ def frame(
         raise ValueError(f"SSE data must be a str, not {type(data).__name__}")
     head = ""
     if id is not None:
-        _check_single_line("id", id)
-        if "\0" in id:
+        if type(id) is not str or "\n" in id or "\r" in id or "\0" in id:
+            _check_single_line("id", id)
             raise ValueError("SSE field 'id' must not contain NUL")
-        head = f"id: {id}\n"
+        head = "id: " + id + "\n"
     if event is not None:
         _check_single_line("event", event)
         if not event:
             raise ValueError("SSE field 'event' must not be empty (leave it out for 'message')")
         head += f"event: {event}\n"
     if retry is not None:
-        if type(retry) is not int or not 0 <= retry <= _MAX_RETRY:
-            shown = "an int over 2**64-1" if type(retry) is int and retry > _MAX_RETRY else repr(retry)
-            raise ValueError(f"SSE field 'retry' must be an int from 0 to 2**64-1, not {shown}")
+        _check_retry(retry)
         head += f"retry: {retry}\n"
     if "\n" in data or "\r" in data:
         body = "data: " + "\ndata: ".join(_LINE_BREAK.split(data)) + "\n\n"
@@ -65,6 +63,19 @@ def frame(
         for name, value in (("id", id), ("event", event), ("data", data)):
             _utf8(name, value or "")
         raise  # pragma: no cover - one of the fields above raised
+
+
+def retry(milliseconds: int) -> bytes:
+    """A block with only a ``retry:`` field: it sets the client's reconnection time and
+    dispatches no event. Raises :class:`ValueError` as :func:`frame` does."""
+    _check_retry(milliseconds)
+    return f"retry: {milliseconds}\n\n".encode()
+
+
+def _check_retry(retry: object) -> None:
+    if type(retry) is not int or not 0 <= retry <= _MAX_RETRY:
+        shown = "an int over 2**64-1" if type(retry) is int and retry > _MAX_RETRY else repr(retry)
+        raise ValueError(f"SSE field 'retry' must be an int from 0 to 2**64-1, not {shown}")
 
 
 def comment(text: str = "") -> bytes:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import AsyncIterable, Iterable, Mapping
+from typing import Any, Final
 
 import anyio
 from starlette.background import BackgroundTask
@@ -14,7 +14,9 @@ from starlette.types import Receive, Scope, Send
 from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
 from streamflow.encoders.base import Encoder
 from streamflow.encoders.json_events import JSONEncoder
+from streamflow.events import Event
 from streamflow.sse import comment
+from streamflow.sse import retry as retry_field
 
 __all__ = ["EventStreamResponse"]
 
@@ -49,7 +51,13 @@ class EventStreamResponse(Response):
       waiting for the next. ``buffer_size`` bounds the bytes queued for a slow client
       before the source is paused.
 
+    - ``retry``: a reconnection time in milliseconds, sent (``retry:``) before the first
+      event.
+
     HEAD requests get the headers and an empty body; the source is not started.
+
+    :meth:`with_ids` streams events that carry ids (a resumable stream, see
+    :mod:`streamflow.hub`).
     """
 
     media_type = "text/event-stream"  # class-level too, so FastAPI's OpenAPI documents it
@@ -66,6 +74,7 @@ class EventStreamResponse(Response):
         headers: Mapping[str, str] | None = None,
         background: BackgroundTask | None = None,
         buffer_size: int = 64 * 1024,
+        retry: int | None = None,
     ) -> None:
         if ping is not None and ping <= 0:
             raise ValueError(f"ping must be a positive number of seconds or None, not {ping!r}")
@@ -79,6 +88,8 @@ class EventStreamResponse(Response):
             raise TypeError(f"on_error must be a function from Exception to Error, not {on_error!r}")
         self.encoder: Encoder = encoder if encoder is not None else JSONEncoder()
         self.events = from_iterable(source, on_error=on_error)
+        self.retry_frame = retry_field(retry) if retry is not None else b""
+        self.pairs: AsyncIterable[Iterable[tuple[str, Event]]] | None = None
         self.on_error = on_error
         self.ping = ping
         self.send_timeout = send_timeout
@@ -91,10 +102,32 @@ class EventStreamResponse(Response):
             merged.update((name.lower(), value) for name, value in extra.items())
         self.init_headers(merged)
 
+    @classmethod
+    def with_ids(
+        cls, batches: AsyncIterable[Iterable[tuple[str, Event]]], **options: Any
+    ) -> EventStreamResponse:
+        """Stream batches of ``(id, event)`` pairs, each event's frames carrying its ``id:``.
+
+        A batch is the events ready together (e.g. one read of a store); batches are
+        never held back waiting for the next.
+
+        The pairs are taken as they are: unlike a ``source``, they are not passed through
+        :func:`~streamflow.adapters.from_iterable`, so the caller owns the stream's grammar
+        (a resumable stream cut by a shutdown ends with no ``Done``, so that the client
+        reconnects). ``options`` are the constructor's keyword arguments (``retry=`` ...).
+        An event the encoder cannot carry ends the stream (logged).
+        """
+        response = cls((), **options)
+        response.pairs = batches
+        return response
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         if scope.get("method") == "HEAD":
             await self.events.aclose()
+            aclose = getattr(self.pairs, "aclose", None)
+            if aclose is not None:
+                await aclose()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await self._stream(receive, send)
@@ -111,7 +144,7 @@ class EventStreamResponse(Response):
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(watch_disconnect)
-            tasks.start_soon(self._produce, outbox)
+            tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
             await self._deliver(outbox, send)
             tasks.cancel_scope.cancel()
         if not outbox.delivered:
@@ -120,6 +153,7 @@ class EventStreamResponse(Response):
     async def _produce(self, outbox: _Outbox) -> None:
         encoder, events = self.encoder, self.events
         try:
+            outbox.put_nowait(self.retry_frame)
             outbox.put_nowait(encoder.open())
             async for event in events:
                 try:
@@ -139,6 +173,28 @@ class EventStreamResponse(Response):
             # clean-up even though this task is being cancelled.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await events.aclose()
+            outbox.finish()
+
+    async def _produce_pairs(self, outbox: _Outbox) -> None:
+        encoder, pairs = self.encoder, self.pairs
+        assert pairs is not None
+        try:
+            outbox.put_nowait(self.retry_frame)
+            outbox.put_nowait(encoder.open())
+            encode, put = encoder.encode, outbox.put_nowait
+            async for batch in pairs:
+                for id_, event in batch:
+                    put(encode(event, id=id_))
+                if outbox.size >= outbox.limit:
+                    await outbox.wait_for_space()
+            outbox.put_nowait(encoder.close())
+        except Exception:
+            logger.exception("streamflow: the stream could not be encoded; it ends here")
+        finally:
+            aclose = getattr(pairs, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await aclose()
             outbox.finish()
 
     async def _deliver(self, outbox: _Outbox, send: Send) -> None:

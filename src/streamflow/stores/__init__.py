@@ -1,0 +1,29 @@
+"""Stores behind :class:`~streamflow.hub.StreamHub`: one small protocol, several backends."""
+
+from __future__ import annotations
+
+from streamflow.stores.base import (
+    InvalidEventIdError,
+    ReplayUnavailableError,
+    RunFinishedError,
+    RunInfo,
+    RunStatus,
+    Store,
+    StoredEvent,
+    StoreError,
+    UnknownRunError,
+)
+from streamflow.stores.memory import MemoryStore
+
+__all__ = [
+    "InvalidEventIdError",
+    "MemoryStore",
+    "ReplayUnavailableError",
+    "RunFinishedError",
+    "RunInfo",
+    "RunStatus",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "UnknownRunError",
+]

@@ -1,0 +1,160 @@
+"""The store protocol: where a :class:`~streamflow.hub.StreamHub` records runs and events.
+
+A *run* is one execution of a source for a *session*. Its events are appended, in order,
+by one producer (on one replica) and read by any number of readers (on any replica). The
+hub never looks inside ids: a run id and an event id are opaque strings chosen by the
+store, with two rules:
+
+- a run id matches ``[A-Za-z0-9_-]+`` (the hub joins it with an event id as
+  ``<run_id>.<event_id>`` to make an SSE ``id:``), and is unguessable or at least unique;
+- event ids are monotonic within a run: :meth:`Store.read` after an id returns exactly
+  the events appended after it, in order. An event id contains no CR, LF or NUL.
+
+Errors are typed so the hub can answer a reader precisely:
+
+- :class:`UnknownRunError`: no such run (never created, or expired);
+- :class:`InvalidEventIdError`: an ``after`` id that is malformed, or that this run never
+  issued (foreign, or ahead of the log);
+- :class:`ReplayUnavailableError`: a well-formed id of this run whose successors were
+  dropped by retention (``MAXLEN``, the per-run event cap);
+- :class:`RunFinishedError`: an append to a run that is already finished (a producer that
+  lost its lease, or one cancelled by another replica).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
+
+from streamflow.events import Event
+
+__all__ = [
+    "InvalidEventIdError",
+    "ReplayUnavailableError",
+    "RunFinishedError",
+    "RunInfo",
+    "RunStatus",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "UnknownRunError",
+]
+
+RunStatus: TypeAlias = Literal["running", "finished", "failed", "cancelled"]
+"""``running`` until the run ends: ``finished`` (its source ended, also with an ``Error``
+event), ``failed`` (its producer died or was lost), ``cancelled`` (a policy or a shutdown
+stopped it)."""
+
+
+class StoreError(Exception):
+    """Base class of the errors a store raises."""
+
+
+class UnknownRunError(StoreError, KeyError):
+    """No such run: never created, or expired by retention."""
+
+
+class InvalidEventIdError(StoreError, ValueError):
+    """An event id that is malformed, or that this run never issued (foreign)."""
+
+
+class ReplayUnavailableError(StoreError):
+    """The events after this id were dropped by retention; they cannot be replayed."""
+
+
+class RunFinishedError(StoreError):
+    """The run is finished; it takes no more events."""
+
+
+class StoredEvent(NamedTuple):
+    """An event as recorded: its id (monotonic within its run) and the event.
+
+    A named tuple (cheap to make and to unpack: it is made for every event read)."""
+
+    id: str
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What a store knows about a run.
+
+    ``producer_alive`` is ``False`` once a ``running`` run's producer lease (see
+    :meth:`Store.heartbeat`) has expired: a reader may then end it with
+    :meth:`Store.finish` (status ``failed``) so that no reader waits forever.
+    """
+
+    run_id: str
+    session_id: str
+    status: RunStatus
+    created_at: float  # time.time() at creation
+    producer_alive: bool = True
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Runs and their events, shared by a hub's producers and readers.
+
+    Every method is a coroutine and safe to call concurrently. Retention (how long and how
+    many finished runs and sessions are kept, how many events per run) is the store's
+    configuration, applied by the store itself (timers, ``MAXLEN``, TTLs).
+    """
+
+    async def create_session(self, session_id: str) -> None:
+        """Record a session (its id is made by the hub, unguessable). Idempotent."""
+        ...
+
+    async def session_exists(self, session_id: str) -> bool:
+        """Whether ``session_id`` was created and has not expired."""
+        ...
+
+    async def create_run(self, session_id: str, *, producer: str, lease: float) -> str:
+        """Start a ``running`` run of ``session_id`` owned by ``producer`` (an id of the
+        hub that runs it) with a lease of ``lease`` seconds; return its new run id. It
+        becomes the session's latest run."""
+        ...
+
+    async def append(self, run_id: str, event: Event) -> str:
+        """Record the next event of a ``running`` run; return its id, greater than every
+        id before it in this run. Raises :class:`UnknownRunError` or
+        :class:`RunFinishedError`."""
+        ...
+
+    async def read(
+        self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
+    ) -> list[StoredEvent]:
+        """Up to ``limit`` events of ``run_id`` appended after the id ``after`` (from the
+        first event when ``None``), in order.
+
+        When there are none yet, wait up to ``block`` seconds for one (``None``: do not
+        wait) and return ``[]`` on timeout. Raises :class:`UnknownRunError`,
+        :class:`InvalidEventIdError` (malformed or foreign ``after``) or
+        :class:`ReplayUnavailableError` (events after ``after`` were dropped).
+        """
+        ...
+
+    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event] = ()) -> bool:
+        """End a ``running`` run with ``status`` (not ``running``), first appending
+        ``final`` (e.g. ``Error`` then ``Done`` for a failed run), atomically. Returns
+        ``False`` and changes nothing when the run had already ended (the first caller
+        wins). Raises :class:`UnknownRunError`."""
+        ...
+
+    async def run_info(self, run_id: str) -> RunInfo | None:
+        """The run's status and session, or ``None`` for an unknown or expired run."""
+        ...
+
+    async def latest_run(self, session_id: str) -> RunInfo | None:
+        """The session's most recently created run, or ``None``."""
+        ...
+
+    async def heartbeat(self, run_id: str, producer: str, lease: float) -> bool:
+        """Extend ``producer``'s lease on a ``running`` run to ``lease`` seconds from now.
+        Returns ``False`` when the run is no longer running or owned by ``producer``
+        (the producer should then stop)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources (connections, timers)."""
+        ...

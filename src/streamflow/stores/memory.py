@@ -1,0 +1,263 @@
+"""The embedded store: runs and events in this process's memory, bounded."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Final
+
+import anyio
+
+from streamflow.events import Event, parse_event
+from streamflow.stores.base import (
+    InvalidEventIdError,
+    ReplayUnavailableError,
+    RunFinishedError,
+    RunInfo,
+    RunStatus,
+    StoredEvent,
+    UnknownRunError,
+)
+
+__all__ = ["MemoryStore"]
+
+_MAX_ID_DIGITS: Final = 19
+
+
+class _Run:
+    __slots__ = (
+        "changed",
+        "created_at",
+        "ended_at",
+        "events",
+        "first_seq",
+        "frozen",
+        "head",
+        "lease_until",
+        "producer",
+        "run_id",
+        "session_id",
+        "status",
+    )
+
+    def __init__(self, run_id: str, session_id: str, producer: str, lease: float) -> None:
+        self.run_id = run_id
+        self.session_id = session_id
+        self.producer = producer
+        self.lease_until = time.monotonic() + lease
+        self.status: RunStatus = "running"
+        self.created_at = time.time()
+        self.ended_at = 0.0  # time.monotonic() when it ended
+        # The retained events are events[head:]; the dropped ones before head are cleared
+        # in chunks, so that dropping one is O(1) and a read is a list slice.
+        self.events: list[StoredEvent] = []
+        self.head = 0
+        self.first_seq = 1  # the id of events[head]
+        # A finished run keeps its retained events as their wire JSON (their ids follow
+        # from first_seq): a fifth of the memory of event objects; a replay parses them.
+        self.frozen: list[str] | None = None
+        self.changed: anyio.Event | None = None  # made by a waiting reader, set on change
+
+    @property
+    def last_seq(self) -> int:
+        if self.frozen is not None:
+            return self.first_seq + len(self.frozen) - 1
+        return self.first_seq + len(self.events) - self.head - 1
+
+    def wake(self) -> None:
+        if self.changed is not None:
+            self.changed.set()
+            self.changed = None
+
+    def info(self) -> RunInfo:
+        alive = self.status != "running" or time.monotonic() < self.lease_until
+        return RunInfo(self.run_id, self.session_id, self.status, self.created_at, alive)
+
+
+class MemoryStore:
+    """Runs and events in memory, for one process (the default store of a hub).
+
+    Bounded: a run keeps at most ``max_events_per_run`` events (the oldest are dropped; a
+    reader asking to resume before them gets ``ReplayUnavailableError``); a finished run is
+    kept ``retention`` seconds, and at most ``max_finished_runs`` of them (the oldest
+    first); a session with no running run expires ``session_ttl`` seconds after its last
+    use. Event ids are decimal sequence numbers from ``1``.
+    """
+
+    def __init__(
+        self,
+        *,
+        retention: float = 600.0,
+        max_finished_runs: int = 1000,
+        max_events_per_run: int = 100_000,
+        session_ttl: float = 3600.0,
+    ) -> None:
+        if retention < 0 or session_ttl < 0:
+            raise ValueError("retention and session_ttl must not be negative")
+        if max_finished_runs < 0 or max_events_per_run < 1:
+            raise ValueError("max_finished_runs must be >= 0 and max_events_per_run >= 1")
+        self.retention = retention
+        self.max_finished_runs = max_finished_runs
+        self.max_events_per_run = max_events_per_run
+        self.session_ttl = session_ttl
+        self._runs: dict[str, _Run] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()  # finished run ids, oldest first
+        self._sessions: dict[str, float] = {}  # session id -> last use (monotonic)
+        self._latest: dict[str, str] = {}  # session id -> its latest run id
+
+    # --- retention ------------------------------------------------------------------
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        while self._finished:
+            run_id = next(iter(self._finished))
+            run = self._runs[run_id]
+            if len(self._finished) <= self.max_finished_runs and now - run.ended_at < self.retention:
+                break
+            del self._finished[run_id]
+            del self._runs[run_id]
+            if self._latest.get(run.session_id) == run_id:
+                del self._latest[run.session_id]
+        if len(self._sessions) > 64:  # amortised: sessions are only scanned when there are many
+            for session_id, used in list(self._sessions.items()):
+                if now - used >= self.session_ttl and not self._busy(session_id):
+                    del self._sessions[session_id]
+
+    def _busy(self, session_id: str) -> bool:
+        run_id = self._latest.get(session_id)
+        return run_id is not None and self._runs[run_id].status == "running"
+
+    def _run(self, run_id: str) -> _Run:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise UnknownRunError(run_id)
+        if run.status != "running" and time.monotonic() - run.ended_at >= self.retention:
+            self._prune()
+            raise UnknownRunError(run_id)
+        return run
+
+    # --- the Store protocol -----------------------------------------------------------
+
+    async def create_session(self, session_id: str) -> None:
+        self._prune()
+        self._sessions[session_id] = time.monotonic()
+
+    async def session_exists(self, session_id: str) -> bool:
+        used = self._sessions.get(session_id)
+        if used is None:
+            return False
+        now = time.monotonic()
+        if now - used >= self.session_ttl and not self._busy(session_id):
+            del self._sessions[session_id]
+            return False
+        self._sessions[session_id] = now
+        return True
+
+    async def create_run(self, session_id: str, *, producer: str, lease: float) -> str:
+        self._prune()
+        run_id = secrets.token_urlsafe(12)
+        self._runs[run_id] = _Run(run_id, session_id, producer, lease)
+        self._latest[session_id] = run_id
+        self._sessions[session_id] = time.monotonic()
+        return run_id
+
+    async def append(self, run_id: str, event: Event) -> str:
+        run = self._run(run_id)
+        if run.status != "running":
+            raise RunFinishedError(run_id)
+        return self._append(run, event)
+
+    def _append(self, run: _Run, event: Event) -> str:
+        events = run.events
+        event_id = str(run.first_seq + len(events) - run.head)
+        events.append(StoredEvent(event_id, event))
+        if len(events) - run.head > self.max_events_per_run:
+            run.head += 1
+            run.first_seq += 1
+            if run.head >= 1024 and run.head * 2 >= len(events):
+                del events[: run.head]
+                run.head = 0
+        if run.changed is not None:
+            run.wake()
+        return event_id
+
+    async def read(
+        self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
+    ) -> list[StoredEvent]:
+        run = self._run(run_id)
+        seq = _parse_id(after) if after is not None else 0
+        if seq > run.last_seq:
+            raise InvalidEventIdError(f"event id {after!r} was never issued by this run")
+        if seq < run.first_seq - 1:
+            raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
+        if seq == run.last_seq and block and run.status == "running":
+            changed = run.changed
+            if changed is None:
+                changed = run.changed = anyio.Event()
+            with anyio.move_on_after(block):
+                await changed.wait()
+            run = self._run(run_id)
+            if seq < run.first_seq - 1:
+                raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
+        start = run.head + seq - run.first_seq + 1
+        if run.frozen is not None:
+            start -= run.head
+            first = run.first_seq + start
+            texts = run.frozen[start : start + limit]
+            return [StoredEvent(str(first + index), parse_event(text)) for index, text in enumerate(texts)]
+        return run.events[start : start + limit]
+
+    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event] = ()) -> bool:
+        if status == "running":
+            raise ValueError("finish() needs a final status, not 'running'")
+        run = self._run(run_id)
+        if run.status != "running":
+            return False
+        for event in final:
+            self._append(run, event)
+        run.status = status
+        run.ended_at = time.monotonic()
+        run.frozen = [stored.event.to_json() for stored in run.events[run.head :]]
+        run.events = []
+        run.head = 0
+        self._finished[run_id] = None
+        run.wake()
+        self._prune()
+        return True
+
+    async def run_info(self, run_id: str) -> RunInfo | None:
+        try:
+            return self._run(run_id).info()
+        except UnknownRunError:
+            return None
+
+    async def latest_run(self, session_id: str) -> RunInfo | None:
+        run_id = self._latest.get(session_id)
+        return None if run_id is None else await self.run_info(run_id)
+
+    async def heartbeat(self, run_id: str, producer: str, lease: float) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.status != "running" or run.producer != producer:
+            return False
+        run.lease_until = time.monotonic() + lease
+        return True
+
+    async def aclose(self) -> None:
+        for run in self._runs.values():
+            run.wake()
+
+    # --- introspection ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """The number of runs held (running and retained)."""
+        return len(self._runs)
+
+
+def _parse_id(event_id: str) -> int:
+    if not (0 < len(event_id) <= _MAX_ID_DIGITS and event_id.isascii() and event_id.isdigit()):
+        raise InvalidEventIdError(f"malformed event id {event_id!r}")
+    if event_id[0] == "0" and event_id != "0":
+        raise InvalidEventIdError(f"malformed event id {event_id!r}")
+    return int(event_id)

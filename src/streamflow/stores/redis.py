@@ -1,0 +1,396 @@
+"""The shared store: runs and events in Redis, so that a client may reconnect to any replica.
+
+A run's events are a Redis Stream (``XADD`` with ``MAXLEN ~`` for retention, ``XREAD BLOCK``
+for live readers); its metadata (session, status, producer, lease) a hash; a session a
+hash holding its latest run. Every key carries a TTL: a running run's keys live ``lease +
+ttl`` seconds past its producer's last heartbeat, a finished run's ``ttl`` seconds past its
+end. A run's event ids are its sequence numbers ``1, 2, 3...``, written as the explicit
+stream ids ``0-1, 0-2, 0-3...``: the hub prefixes them with the run id (``<run>.<n>``), so
+an SSE id names its run, and an id that is malformed, foreign or never issued is detected
+exactly, as is one whose successors ``MAXLEN`` dropped.
+
+Every check-and-write (append to a running run, finish once, heartbeat by the owner only)
+is one Lua script, atomic in Redis; lease times are Redis's own clock (``TIME``), so the
+replicas' clocks need not agree. A single Redis (or a primary with replicas) is supported,
+not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ImportError(
+        'streamflow.stores.redis needs the redis client: pip install "streamflow[redis]"'
+    ) from exc
+
+from streamflow.events import Event, parse_event
+from streamflow.stores.base import (
+    InvalidEventIdError,
+    ReplayUnavailableError,
+    RunFinishedError,
+    RunInfo,
+    RunStatus,
+    StoredEvent,
+    StoreError,
+    UnknownRunError,
+)
+
+__all__ = ["RedisStore", "RedisStoreError"]
+
+_EVENT_ID: Final = re.compile(r"0|[1-9][0-9]{0,18}")
+_STATUSES: Final[frozenset[str]] = frozenset({"running", "finished", "failed", "cancelled"})
+
+# Lua helpers: ids compared exactly as digit strings (Lua numbers are doubles).
+_COMPARE: Final = """
+local function cmpnum(a, b)
+  if #a ~= #b then return (#a < #b) and -1 or 1 end
+  if a == b then return 0 end
+  return (a < b) and -1 or 1
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: run, session. ARGV: session id, producer, lease ms, keep ms, created_at, session ttl ms, run id
+_CREATE_RUN: Final = (
+    _COMPARE
+    + """
+local lease = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'session', ARGV[1], 'status', 'running', 'producer', ARGV[2],
+  'lease_until', string.format('%d', now_ms() + lease), 'created_at', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[4]))
+redis.call('HSET', KEYS[2], 'latest', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+)
+
+# Event ids are a run's sequence numbers 1, 2, 3... kept as the stream ids 0-1, 0-2, 0-3...
+# (XADD with explicit ids): monotonic, short, every id up to the last one was issued, and
+# the first retained entry tells exactly whether the events after an id are still there.
+
+# KEYS: run, stream. ARGV: maxlen, event json. Returns the sequence number, or -1 (unknown
+# run) or -2 (finished run).
+_APPEND: Final = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'running' then return -2 end
+local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. n, 'e', ARGV[2])
+if n == 1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return n
+"""
+
+# KEYS: run, stream. ARGV: after (decimal, '0' for the start), limit.
+# Returns {0} unknown run, {1} never issued, {2} replay unavailable, {3, status, entries}.
+_READ: Final = (
+    _COMPARE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'seq')
+if not h[1] then return {0} end
+local last = h[2] or '0'
+local after = ARGV[1]
+if cmpnum(after, last) > 0 then return {1} end
+local first = tonumber(last) + 1
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #head > 0 then first = tonumber(string.match(head[1][1], '^0%-(%d+)$')) end
+if tonumber(after) < first - 1 then return {2} end
+return {3, h[1], redis.call('XRANGE', KEYS[2], '(0-' .. after, '+', 'COUNT', ARGV[2])}
+"""
+)
+
+# KEYS: run, stream. ARGV: status, maxlen, keep ms, ended_at, event json...
+# Returns -1 unknown run, 0 already ended, 1 ended now.
+_FINISH: Final = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'running' then return 0 end
+for i = 5, #ARGV do
+  local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. n, 'e', ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: run, stream, session. ARGV: producer, lease ms, keep ms, session ttl ms.
+_HEARTBEAT: Final = (
+    _COMPARE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'status', 'producer')
+if h[1] ~= 'running' or h[2] ~= ARGV[1] then return 0 end
+local lease = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'lease_until', string.format('%d', now_ms() + lease))
+redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[2], lease + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[3], ARGV[4], 'GT')
+return 1
+"""
+)
+
+# KEYS: run. Returns {} for an unknown run, else {session, status, created_at, alive}.
+_RUN_INFO: Final = (
+    _COMPARE
+    + """
+local h = redis.call('HMGET', KEYS[1], 'session', 'status', 'created_at', 'lease_until')
+if not h[1] then return {} end
+local alive = 1
+if h[2] == 'running' and now_ms() >= tonumber(h[4]) then alive = 0 end
+return {h[1], h[2], h[3], alive}
+"""
+)
+
+
+class RedisStoreError(StoreError, ConnectionError):
+    """Redis could not be reached, or failed a command (the cause is chained)."""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore:
+    """Runs and events in Redis, shared by every replica of an app.
+
+    - ``client_or_url``: a ``redis.asyncio.Redis`` client (not closed by :meth:`aclose`)
+      or a URL such as ``redis://localhost:6379/0`` (the store makes and closes its
+      client). A reader waiting for events holds one connection while it blocks
+      (``XREAD BLOCK``): size the pool for your readers, and give a client's
+      ``socket_timeout`` (if any) more than the hub's ``poll``.
+    - ``prefix``: the prefix of every key, so that several apps share one Redis.
+    - ``maxlen``: events kept per run, about (``XADD ... MAXLEN ~``: at least this many);
+      a reader resuming before them gets ``ReplayUnavailableError``.
+    - ``ttl``: seconds a finished run (its events and status) is kept.
+    - ``session_ttl``: seconds a session lives after its last use (longer while a run of
+      it is running).
+    """
+
+    def __init__(
+        self,
+        client_or_url: aioredis.Redis | str,
+        *,
+        prefix: str = "streamflow",
+        maxlen: int = 100_000,
+        ttl: float = 600.0,
+        session_ttl: float = 3600.0,
+    ) -> None:
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, not {maxlen!r}")
+        if ttl <= 0 or session_ttl <= 0:
+            raise ValueError("ttl and session_ttl must be positive numbers of seconds")
+        if not prefix or any(c in prefix for c in "{}\r\n"):
+            raise ValueError(f"prefix must be a non-empty string without braces or newlines: {prefix!r}")
+        if isinstance(client_or_url, str):
+            self.client: aioredis.Redis = aioredis.Redis.from_url(client_or_url, max_connections=10_000)
+            self._owns_client = True
+        else:
+            self.client = client_or_url
+            self._owns_client = False
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self.ttl = ttl
+        self.session_ttl = session_ttl
+        client = self.client
+        self._create_run = client.register_script(_CREATE_RUN)
+        self._append = client.register_script(_APPEND)
+        self._read = client.register_script(_READ)
+        self._finish = client.register_script(_FINISH)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._run_info = client.register_script(_RUN_INFO)
+
+    def __repr__(self) -> str:
+        return f"RedisStore(prefix={self.prefix!r}, maxlen={self.maxlen}, ttl={self.ttl})"
+
+    # --- keys -------------------------------------------------------------------------
+
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}:session:{{{session_id}}}"
+
+    def _run_keys(self, run_id: str) -> list[str]:
+        # One hash tag per run: its hash and its stream share a slot.
+        return [f"{self.prefix}:run:{{{run_id}}}", f"{self.prefix}:run:{{{run_id}}}:events"]
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    # --- the Store protocol -----------------------------------------------------------
+
+    async def create_session(self, session_id: str) -> None:
+        key = self._session_key(session_id)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(key, "created_at", repr(time.time()))
+                pipe.pexpire(key, self._ms(self.session_ttl), gt=True)
+                pipe.pexpire(key, self._ms(self.session_ttl), nx=True)
+                await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def session_exists(self, session_id: str) -> bool:
+        key = self._session_key(session_id)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.exists(key)
+                pipe.pexpire(key, self._ms(self.session_ttl), gt=True)  # a use extends its life
+                exists, _ = await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return bool(exists)
+
+    async def create_run(self, session_id: str, *, producer: str, lease: float) -> str:
+        run_id = secrets.token_urlsafe(12)
+        keys = [self._run_keys(run_id)[0], self._session_key(session_id)]
+        args: list[str | int] = [
+            session_id,
+            producer,
+            self._ms(lease),
+            self._ms(self.ttl),
+            repr(time.time()),
+            self._ms(self.session_ttl),
+            run_id,
+        ]
+        try:
+            await self._create_run(keys=keys, args=args)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return run_id
+
+    async def append(self, run_id: str, event: Event) -> str:
+        try:
+            result = await self._append(keys=self._run_keys(run_id), args=[self.maxlen, event.to_json()])
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        if result == -1:
+            raise UnknownRunError(run_id)
+        if result == -2:
+            raise RunFinishedError(run_id)
+        return str(result)
+
+    async def read(
+        self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
+    ) -> list[StoredEvent]:
+        if after is not None and not (after.isascii() and _EVENT_ID.fullmatch(after)):
+            raise InvalidEventIdError(f"malformed event id {after!r}")
+        keys = self._run_keys(run_id)
+        try:
+            status, entries = await self._read_once(run_id, keys, after, limit)
+            if entries or not block or status != "running":
+                return entries
+            # Caught up with a live run: wait for the next events (or the end). Ids are dense
+            # sequence numbers, so events that start right after `after` have no gap; any
+            # other start (MAXLEN dropped some meanwhile) goes back through the script.
+            start = int(after or 0)
+            woken = await self.client.xread(
+                {keys[1]: f"0-{start}"}, count=max(1, limit), block=self._ms(block)
+            )
+            if not woken:
+                return []
+            entries = _xread_entries(woken)
+            if entries and entries[0].id == str(start + 1):
+                return entries
+            return (await self._read_once(run_id, keys, after, limit))[1]
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def _read_once(
+        self, run_id: str, keys: list[str], after: str | None, limit: int
+    ) -> tuple[str, list[StoredEvent]]:
+        reply = await self._read(keys=keys, args=[after or "0", max(1, limit)])
+        code = int(reply[0])
+        if code == 0:
+            raise UnknownRunError(run_id)
+        if code == 1:
+            raise InvalidEventIdError(f"event id {after!r} was never issued by this run")
+        if code == 2:
+            raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
+        entries = [StoredEvent(_text(entry_id)[2:], parse_event(fields[1])) for entry_id, fields in reply[2]]
+        return _text(reply[1]), entries
+
+    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event] = ()) -> bool:
+        if status == "running" or status not in _STATUSES:
+            raise ValueError(f"finish() needs a final status, not {status!r}")
+        args: list[str | int] = [status, self.maxlen, self._ms(self.ttl), repr(time.time())]
+        args.extend(event.to_json() for event in final)
+        try:
+            result = await self._finish(keys=self._run_keys(run_id), args=args)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        if result == -1:
+            raise UnknownRunError(run_id)
+        return bool(result)
+
+    async def run_info(self, run_id: str) -> RunInfo | None:
+        try:
+            reply = await self._run_info(keys=self._run_keys(run_id)[:1])
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        if not reply:
+            return None
+        session_id, status, created_at, alive = reply
+        status_text = _text(status)
+        if status_text not in _STATUSES:  # pragma: no cover - written only by this store
+            raise StoreError(f"run {run_id!r} has an unknown status {status_text!r}")
+        return RunInfo(
+            run_id,
+            _text(session_id),
+            status_text,  # type: ignore[arg-type]
+            float(_text(created_at)),
+            bool(int(alive)),
+        )
+
+    async def latest_run(self, session_id: str) -> RunInfo | None:
+        try:
+            run_id = await self.client.hget(self._session_key(session_id), "latest")
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        return None if run_id is None else await self.run_info(_text(run_id))
+
+    async def heartbeat(self, run_id: str, producer: str, lease: float) -> bool:
+        run_key, stream_key = self._run_keys(run_id)
+        info = await self.run_info(run_id)
+        if info is None:
+            return False
+        keys = [run_key, stream_key, self._session_key(info.session_id)]
+        args: list[str | int] = [producer, self._ms(lease), self._ms(self.ttl), self._ms(self.session_ttl)]
+        try:
+            return bool(await self._heartbeat(keys=keys, args=args))
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+
+def _xread_entries(reply: Any) -> list[StoredEvent]:
+    """The entries of an ``XREAD`` reply for one stream: RESP2 ``[[name, entries]]``, RESP3
+    ``{name: [entries]}``; each entry ``(id, {"e": json})``, bytes or decoded str."""
+    if isinstance(reply, dict):
+        entries = [entry for nested in reply.values() for part in nested for entry in part]
+    else:
+        entries = [entry for _, part in reply for entry in part]
+    found: list[StoredEvent] = []
+    for entry_id, fields in entries:
+        payload = fields.get(b"e") if b"e" in fields else fields["e"]
+        found.append(StoredEvent(_text(entry_id)[2:], parse_event(payload)))
+    return found
+
+
+def _unavailable(exc: RedisError) -> RedisStoreError:
+    return RedisStoreError(f"Redis failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,221 @@
+"""The store protocol, for every backend: ids, reads, retention errors, finish, leases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from starlette.requests import Request
+from starlette.types import Message
+
+from streamflow import Delta, Done, Error, Event, parse_event
+from streamflow.hub import StreamHub
+from streamflow.sse import SSEDecoder
+from streamflow.stores import (
+    InvalidEventIdError,
+    MemoryStore,
+    ReplayUnavailableError,
+    RunFinishedError,
+    Store,
+    StoredEvent,
+    UnknownRunError,
+)
+from tests.hub.conftest import StoreFactory
+
+pytestmark = pytest.mark.anyio
+
+
+async def new_run(store: Store, *, lease: float = 30.0, producer: str = "p") -> tuple[str, str]:
+    await store.create_session("s1")
+    return "s1", await store.create_run("s1", producer=producer, lease=lease)
+
+
+async def test_ids_are_monotonic_and_read_returns_what_follows(store: Store) -> None:
+    _, run = await new_run(store)
+    ids = [await store.append(run, Delta(value=str(i))) for i in range(5)]
+    assert len(set(ids)) == 5
+    everything = await store.read(run)
+    assert [stored.id for stored in everything] == ids
+    assert [stored.event for stored in everything] == [Delta(value=str(i)) for i in range(5)]
+    for index, event_id in enumerate(ids):
+        rest = await store.read(run, event_id)
+        assert [stored.id for stored in rest] == ids[index + 1 :]
+    assert len(await store.read(run, None, limit=2)) == 2
+    assert await store.read(run, ids[-1]) == []
+
+
+async def test_a_blocking_read_wakes_on_append(store: Store) -> None:
+    _, run = await new_run(store)
+    first = await store.append(run, Delta(value="a"))
+    got: list[Event] = []
+
+    async def reader() -> None:
+        got.extend(stored.event for stored in await store.read(run, first, block=5))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reader)
+        await anyio.sleep(0.1)
+        await store.append(run, Delta(value="b"))
+    assert got == [Delta(value="b")]
+    with anyio.fail_after(3):  # a timeout returns nothing
+        assert await store.read(run, (await store.read(run))[-1].id, block=0.1) == []
+
+
+@pytest.mark.parametrize("bad", ["", "x", "-1", "1.5", "01", "1\n", "99999999999999999999999"])
+async def test_malformed_ids_are_invalid(store: Store, bad: str) -> None:
+    _, run = await new_run(store)
+    await store.append(run, Delta(value="a"))
+    with pytest.raises(InvalidEventIdError):
+        await store.read(run, bad)
+
+
+async def test_unknown_run(store: Store) -> None:
+    with pytest.raises(UnknownRunError):
+        await store.read("nope")
+    with pytest.raises(UnknownRunError):
+        await store.append("nope", Done())
+    assert await store.run_info("nope") is None
+    assert await store.latest_run("nope") is None
+    assert not await store.session_exists("nope")
+
+
+async def test_finish_is_atomic_and_first_wins(store: Store) -> None:
+    session, run = await new_run(store)
+    await store.append(run, Delta(value="a"))
+    assert await store.finish(run, "failed", final=[Error(message="x", code="c"), Done()])
+    assert not await store.finish(run, "finished", final=[Done()])
+    events = [stored.event for stored in await store.read(run)]
+    assert events == [Delta(value="a"), Error(message="x", code="c"), Done()]
+    info = await store.run_info(run)
+    assert info is not None
+    assert (info.status, info.session_id) == ("failed", session)
+    with pytest.raises(RunFinishedError):
+        await store.append(run, Delta(value="late"))
+    latest = await store.latest_run(session)
+    assert latest is not None
+    assert latest.run_id == run
+
+
+async def test_the_lease_expires_without_heartbeats(store: Store) -> None:
+    _, run = await new_run(store, lease=0.3)
+    assert await store.heartbeat(run, "p", 0.3)
+    assert not await store.heartbeat(run, "someone-else", 0.3)
+    info = await store.run_info(run)
+    assert info is not None
+    assert info.producer_alive
+    await anyio.sleep(0.6)
+    info = await store.run_info(run)
+    assert info is not None
+    assert not info.producer_alive
+
+
+async def test_memory_store_caps_events_per_run() -> None:
+    store = MemoryStore(max_events_per_run=3)
+    _, run = await new_run(store)
+    ids = [await store.append(run, Delta(value=str(i))) for i in range(10)]
+    assert [stored.id for stored in await store.read(run, ids[6])] == ids[7:]
+    with pytest.raises(ReplayUnavailableError):
+        await store.read(run, ids[5])
+    with pytest.raises(ReplayUnavailableError):
+        await store.read(run)
+    await store.finish(run, "finished")  # a finished run replays from its compact form
+    assert [stored.event for stored in await store.read(run, ids[6])] == [
+        Delta(value=str(i)) for i in (7, 8, 9)
+    ]
+
+
+async def test_memory_store_drops_the_oldest_finished_runs() -> None:
+    store = MemoryStore(max_finished_runs=2)
+    await store.create_session("s")
+    runs = []
+    for _ in range(4):
+        run = await store.create_run("s", producer="p", lease=30)
+        await store.append(run, Done())
+        await store.finish(run, "finished")
+        runs.append(run)
+    assert len(store) == 2
+    assert [await store.run_info(run) is None for run in runs] == [True, True, False, False]
+
+
+# --- the hub's reader ends a run whose producer is gone --------------------------------------
+
+
+async def test_a_reader_marks_a_run_whose_producer_died_as_failed(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    async with StreamHub(store, poll=0.1) as hub:
+        session = await hub.create_session()
+        # A run produced "elsewhere": nobody renews its lease.
+        run = await store.create_run(session, producer="dead-replica", lease=0.3)
+        await store.append(run, Delta(value="a"))
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+        response = await hub.response(Request(scope), session)
+        body: list[bytes] = []
+
+        async def receive() -> Message:
+            await anyio.sleep_forever()
+            raise AssertionError  # pragma: no cover
+
+        async def send(message: Message) -> None:
+            body.append(message.get("body", b""))
+
+        with anyio.fail_after(10):
+            await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
+    events = [parse_event(sse.data) for sse in SSEDecoder().feed(b"".join(body))]
+    assert events[0] == Delta(value="a")
+    assert isinstance(events[1], Error)
+    assert events[1].code == "producer_lost"
+    assert events[2:] == [Done()]
+    info = await store.run_info(run)
+    assert info is not None
+    assert info.status == "failed"
+
+
+class BrokenStore(MemoryStore):
+    """A MemoryStore whose reads fail once ``broken`` is set (a store that went away)."""
+
+    broken = False
+
+    async def read(
+        self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
+    ) -> list[StoredEvent]:
+        if self.broken:
+            raise ConnectionError("the store went away")
+        return await super().read(run_id, after, limit=limit, block=block)
+
+
+async def test_a_store_failure_gives_readers_an_error_and_keeps_the_last_id() -> None:
+    store = BrokenStore()
+    async with StreamHub(store, poll=0.05, on_last_reader_gone="finish") as hub:
+        session = await hub.create_session()
+        gate = anyio.Event()
+
+        async def source() -> AsyncIterator[str]:
+            yield "a"
+            await gate.wait()
+            yield "b"
+
+        await hub.start(session, source())
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+        response = await hub.response(Request(scope), session)
+        body: list[bytes] = []
+
+        async def receive() -> Message:
+            await anyio.sleep_forever()
+            raise AssertionError  # pragma: no cover
+
+        async def send(message: Message) -> None:
+            body.append(message.get("body", b""))
+            if b"data:" in message.get("body", b""):
+                store.broken = True
+
+        with anyio.fail_after(10):
+            await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
+        gate.set()
+    decoded = SSEDecoder().feed(b"".join(body))
+    events = [parse_event(sse.data) for sse in decoded]
+    assert events[0] == Delta(value="a")
+    assert isinstance(events[1], Error)
+    assert events[1].code == "store_unavailable"
+    assert events[2:] == [Done()]
+    assert decoded[1].id == decoded[0].id != ""  # a later resume still starts after "a"
