@@ -282,3 +282,47 @@ async def test_a_step_whose_start_was_refused_downstream_is_not_named() -> None:
     error = await events.athrow(ValueError("the consumer could not send it"))
     assert error == hide_exception(ValueError()).model_copy(update={"step": "outer"})
     assert [e async for e in events] == [Done()]
+
+
+async def test_a_source_whose_clean_up_raises_still_ends_with_error_and_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def source() -> AsyncIterator[Any]:
+        try:
+            yield "hi"
+            yield Done()
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    assert await collect(source()) == [Delta(value="hi"), hide_exception(RuntimeError()), Done()]
+    assert "failed while being closed" in caplog.text
+
+
+async def test_a_clean_up_failure_while_the_consumer_closes_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def source() -> AsyncIterator[str]:
+        try:
+            yield "hi"
+            yield "more"
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    async with aclosing(from_iterable(source())) as events:
+        assert await anext(events) == Delta(value="hi")
+    assert "failed while being closed" in caplog.text
+
+
+async def test_a_str_subclass_is_text() -> None:
+    from enum import StrEnum
+
+    class Mood(StrEnum):
+        HAPPY = "happy"
+
+    assert await collect([Mood.HAPPY]) == [Delta(value="happy"), Done()]
+
+
+def test_an_adapters_stream_is_not_wrapped_twice() -> None:
+    stream = from_iterable(["x"])
+    assert from_iterable(stream) is stream
+    assert from_iterable(["x"]) is not stream

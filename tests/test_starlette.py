@@ -25,6 +25,7 @@ from streamflow import (
     NamedEventEncoder,
     StepEnd,
     StepStart,
+    expose_exception,
     hide_exception,
 )
 from streamflow.client import aiter_events
@@ -258,6 +259,16 @@ async def test_an_unencodable_event_names_the_open_step() -> None:
         hide_exception(ValueError()).model_copy(update={"step": "s"}),
         Done(),
     ]
+
+
+async def test_an_error_the_encoder_cannot_write_falls_back_to_the_generic_one() -> None:
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        raise ValueError("bad path /tmp/\udcff")  # an undecodable file name, exposed below
+
+    recorder = Recorder()
+    await run(EventStreamResponse(source(), on_error=expose_exception), recorder)
+    assert events_of(recorder.bodies) == [Delta(value="a"), hide_exception(ValueError()), Done()]
 
 
 async def test_a_failing_on_error_still_ends_the_stream_with_error_and_done() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -81,12 +82,23 @@ def from_iterable(
     Sync iterables are advanced in a worker thread so a blocking generator never blocks
     the event loop (lists and tuples are read directly). The source is closed (``aclose()``
     or ``close()``) as soon as the stream ends or its consumer closes it -- use
-    :func:`contextlib.aclosing` when you stop iterating early yourself.
+    :func:`contextlib.aclosing` when you stop iterating early yourself; an exception its
+    clean-up raises is the stream's failure (or, when the consumer closed it, logged).
+
+    A stream ``from_iterable`` already made (what the adapters return) is returned as it
+    is: it is well-formed already, and its own ``on_error`` has handled its failures.
     """
     text_or_mapping = isinstance(source, (str, bytes, bytearray, Mapping))
     if text_or_mapping or not isinstance(source, (AsyncIterable, Iterable)):
         raise TypeError(f"source must be an iterable of items, not {type(source).__name__}")
-    return _events(source, on_error)
+    if source in _WELL_FORMED:  # an adapter's stream: already well-formed, no second pass
+        return source  # type: ignore[return-value]
+    stream = _events(source, on_error)
+    _WELL_FORMED.add(stream)
+    return stream
+
+
+_WELL_FORMED: weakref.WeakSet[object] = weakref.WeakSet()
 
 
 async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerator[Event, None]:
@@ -120,13 +132,33 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
             raise
         failure = exc
     finally:
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        closing_failure = await _close(items)
+    if failure is None and closing_failure is not None:  # the source's own clean-up raised
+        if on_error is None:
+            raise closing_failure
+        failure = closing_failure
     if failure is not None:
         logger.error("streamflow: the stream failed", exc_info=failure)
-        yield _with_step(_error_event(on_error, failure), open_steps)
+        error = _with_step(_error_event(on_error, failure), open_steps)
+        try:
+            yield error
+        except Exception:  # thrown in by the consumer: it cannot write this Error (e.g. its text)
+            yield _with_step(hide_exception(failure), open_steps)
     yield _DONE
+
+
+async def _close(items: AsyncIterable[Item]) -> Exception | None:
+    """Close the source; an exception its clean-up raises is logged and returned, so that the
+    stream still ends with an Error and Done (or, if the consumer is closing it, ends)."""
+    aclose = getattr(items, "aclose", None)
+    if aclose is None:
+        return None
+    try:
+        await aclose()
+    except Exception as exc:
+        logger.error("streamflow: the source failed while being closed", exc_info=exc)
+        return exc
+    return None
 
 
 def _close_step(open_steps: list[str], step: str) -> None:
@@ -161,6 +193,8 @@ def _to_event(item: object) -> Event | None:
         return Delta(value=item)
     if isinstance(item, EVENT_CLASSES):
         return item
+    if isinstance(item, str):  # a str subclass: StrEnum, numpy.str_...
+        return Delta(value=str(item))
     if isinstance(item, Mapping):
         return parse_event(item if isinstance(item, dict) else dict(item))
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Mapping):
