@@ -10,7 +10,8 @@ A uvicorn subprocess (this script with ``--serve``) serves two endpoints from on
 
 - ``GET /redis?n=N``: the same through a second hub on a ``RedisStore`` (a real
   ``redis-server`` on 127.0.0.1, started by this script in a temp dir, or ``--redis URL``):
-  every event is an ``XADD`` (one round trip, by a Lua script) and readers ``XREAD``.
+  the events the source has ready together are appended by one Lua script (one round
+  trip per batch, ``XADD`` each) and readers ``XREAD``.
   Without ``redis-server`` on the PATH and no ``--redis``, this row is left out (said so).
 
 events/s is ``N`` over the time from sending the request to receiving the last event

@@ -40,7 +40,6 @@ from typing import Final, Literal, TypeAlias, TypeVar
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -343,12 +342,7 @@ class StreamHub:
         final: Sequence[Event] = ()
         try:
             with run.scope:
-                appended = 0
-                async for event in events:
-                    await store.append(run_id, event)
-                    appended += 1
-                    if not appended % 1024:  # a source that never awaits must not hold the loop
-                        await anyio.lowlevel.checkpoint()
+                await _record(store, run_id, events)
         except RunFinishedError:
             status = None  # ended elsewhere (its lease was lost, or a reader marked it failed)
         except Exception:
@@ -581,6 +575,76 @@ class StreamHub:
             wake = self._new_run.setdefault(session_id, anyio.Event())
             await self._wait(partial(_wait_event, wake, self.poll))
         return None
+
+
+_BATCH: Final = 1024  # the most events of one store call; then the source waits
+
+
+class _Batcher:
+    """Carries a source's events to the store in batches (see :func:`_record`)."""
+
+    __slots__ = ("ended", "error", "pending", "space", "wake")
+
+    def __init__(self) -> None:
+        self.pending: list[Event] = []
+        self.ended = False
+        self.error: Exception | None = None
+        self.wake: anyio.Event | None = None  # set when the writer waits for events
+        self.space: anyio.Event | None = None  # set when the source waits for the writer
+
+    async def collect(self, events: AsyncGenerator[Event, None]) -> None:
+        try:
+            async for event in events:
+                pending = self.pending  # the writer takes the list and leaves a new one
+                pending.append(event)
+                if self.wake is not None:
+                    self.wake.set()
+                    self.wake = None
+                if len(pending) >= _BATCH:  # also: a source that never awaits must not hold the loop
+                    space = self.space = anyio.Event()
+                    await space.wait()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.ended = True
+            if self.wake is not None:
+                self.wake.set()
+                self.wake = None
+
+    async def write(self, store: Store, run_id: str) -> None:
+        while True:
+            batch = self.pending
+            if not batch:
+                if self.ended:
+                    break
+                wake = self.wake = anyio.Event()
+                await wake.wait()
+                continue
+            self.pending = []
+            if self.space is not None:
+                self.space.set()
+                self.space = None
+            await store.append_many(run_id, batch)
+        if self.error is not None:
+            raise self.error
+
+
+async def _record(store: Store, run_id: str, events: AsyncGenerator[Event, None]) -> None:
+    """Append the events of ``events`` to the run, in batches: the events the source has
+    ready together (it yields them without waiting) go in one store call, and so do those
+    it yields while a store call is in flight. An event is never held back waiting for the
+    next: when the source waits, what it yielded is written at once."""
+    batcher = _Batcher()
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(batcher.collect, events)
+        try:
+            await batcher.write(store, run_id)
+        except Exception as exc:
+            failure = exc
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 async def _wait_event(event: anyio.Event, seconds: float) -> None:

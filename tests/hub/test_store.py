@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import pytest
@@ -219,3 +219,101 @@ async def test_a_store_failure_gives_readers_an_error_and_keeps_the_last_id() ->
     assert events[1].code == "store_unavailable"
     assert events[2:] == [Done()]
     assert decoded[1].id == decoded[0].id != ""  # a later resume still starts after "a"
+
+
+async def test_append_many_ids_are_monotonic_and_readers_see_the_batch(store: Store) -> None:
+    _, run = await new_run(store)
+    first = await store.append(run, Delta(value="a"))
+    got: list[list[StoredEvent]] = []
+
+    async def reader() -> None:
+        got.append(await store.read(run, first, block=5))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reader)
+        await anyio.sleep(0.1)
+        batch = await store.append_many(run, [Delta(value=str(i)) for i in range(3)])
+    last = await store.append(run, Delta(value="z"))
+    ids = [first, *batch, last]
+    assert [int(event_id) for event_id in ids] == sorted({int(event_id) for event_id in ids})
+    assert got == [[StoredEvent(event_id, Delta(value=str(i))) for i, event_id in enumerate(batch)]]
+    everything = await store.read(run)
+    assert [stored.id for stored in everything] == ids
+    assert [stored.event for stored in everything] == [
+        Delta(value="a"),
+        *(Delta(value=str(i)) for i in range(3)),
+        Delta(value="z"),
+    ]
+    assert await store.read(run, batch[0]) == everything[2:]
+    assert await store.append_many(run, []) == []
+
+
+async def test_append_many_is_atomic_with_finish(store: Store) -> None:
+    _, run = await new_run(store)
+    batch = await store.append_many(run, [Delta(value="a"), Delta(value="b")])
+    assert await store.finish(run, "failed", final=[Error(message="x", code="y"), Done()])
+    with pytest.raises(RunFinishedError):
+        await store.append_many(run, [Delta(value="c"), Delta(value="d")])
+    with pytest.raises(RunFinishedError):
+        await store.append_many(run, [])
+    everything = await store.read(run)
+    assert [stored.id for stored in everything[:2]] == batch
+    assert [stored.event for stored in everything] == [
+        Delta(value="a"),
+        Delta(value="b"),
+        Error(message="x", code="y"),
+        Done(),
+    ]
+    with pytest.raises(UnknownRunError):
+        await store.append_many("nope", [Done()])
+
+
+async def read_to_done(store: Store, run: str) -> list[StoredEvent]:
+    found: list[StoredEvent] = []
+    with anyio.fail_after(5):
+        while not found or found[-1].event != Done():
+            found += await store.read(run, found[-1].id if found else None, block=5)
+    return found
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that records the size of every ``append_many``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+        self.batches.append(len(events))
+        return await super().append_many(run_id, events)
+
+
+async def test_the_hub_appends_ready_events_together_and_never_holds_one_back() -> None:
+    store = CountingStore()
+    async with StreamHub(store, on_last_reader_gone="finish") as hub:
+        session = await hub.create_session()
+        run = await hub.start(session, [f"{i}" for i in range(3000)])  # all ready at once
+        assert len(await read_to_done(store, run)) == 3001
+        assert sum(store.batches) == 3001  # the deltas and Done
+        assert len(store.batches) < 20
+        assert max(store.batches) <= 1024
+
+        store.batches.clear()
+        gate = anyio.Event()
+
+        async def slow() -> AsyncIterator[str]:
+            yield "first"
+            await gate.wait()  # a slow source: "first" must be recorded meanwhile
+            yield "second"
+
+        session = await hub.create_session()
+        run = await hub.start(session, slow())
+        with anyio.fail_after(5):
+            events = await store.read(run, block=5)
+        assert [stored.event for stored in events] == [Delta(value="first")]
+        gate.set()
+        assert [stored.event for stored in await read_to_done(store, run)] == [
+            Delta(value="first"),
+            Delta(value="second"),
+            Done(),
+        ]

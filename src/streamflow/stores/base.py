@@ -121,6 +121,13 @@ class Store(Protocol):
         :class:`RunFinishedError`."""
         ...
 
+    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+        """Record the next events of a ``running`` run, in order, atomically (all of them,
+        or none when the run had ended); return their ids, each greater than every id
+        before it. The hub appends the events its source has ready together with one call.
+        Raises :class:`UnknownRunError` or :class:`RunFinishedError`."""
+        ...
+
     async def read(
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
     ) -> list[StoredEvent]:

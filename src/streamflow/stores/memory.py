@@ -169,6 +169,27 @@ class MemoryStore:
             raise RunFinishedError(run_id)
         return self._append(run, event)
 
+    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+        run = self._run(run_id)
+        if run.status != "running":
+            raise RunFinishedError(run_id)
+        if not events:
+            return []
+        stored = run.events
+        first = run.first_seq + len(stored) - run.head
+        ids = [str(seq) for seq in range(first, first + len(events))]
+        stored.extend(map(StoredEvent, ids, events))
+        excess = len(stored) - run.head - self.max_events_per_run
+        if excess > 0:
+            run.head += excess
+            run.first_seq += excess
+            if run.head >= 1024 and run.head * 2 >= len(stored):
+                del stored[: run.head]
+                run.head = 0
+        if run.changed is not None:
+            run.wake()
+        return ids
+
     def _append(self, run: _Run, event: Event) -> str:
         events = run.events
         event_id = str(run.first_seq + len(events) - run.head)

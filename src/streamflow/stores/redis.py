@@ -94,6 +94,26 @@ end
 return n
 """
 
+# KEYS: run, stream. ARGV: maxlen, event json... Returns the sequence number of the last
+# event (those before it follow down to it), or -1 (unknown run) or -2 (finished run).
+_APPEND_MANY: Final = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'running' then return -2 end
+local count = #ARGV - 1
+local last = redis.call('HINCRBY', KEYS[1], 'seq', count)
+local n = last - count
+for i = 2, #ARGV do
+  n = n + 1
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. n, 'e', ARGV[i])
+end
+if last == count then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return last
+"""
+
 # KEYS: run, stream. ARGV: after (decimal, '0' for the start), limit.
 # Returns {0} unknown run, {1} never issued, {2} replay unavailable, {3, status, entries}.
 _READ: Final = (
@@ -208,6 +228,7 @@ class RedisStore:
         client = self.client
         self._create_run = client.register_script(_CREATE_RUN)
         self._append = client.register_script(_APPEND)
+        self._append_many = client.register_script(_APPEND_MANY)
         self._read = client.register_script(_READ)
         self._finish = client.register_script(_FINISH)
         self._heartbeat = client.register_script(_HEARTBEAT)
@@ -281,6 +302,27 @@ class RedisStore:
         if result == -2:
             raise RunFinishedError(run_id)
         return str(result)
+
+    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+        if not events:
+            info = await self.run_info(run_id)
+            if info is None:
+                raise UnknownRunError(run_id)
+            if info.status != "running":
+                raise RunFinishedError(run_id)
+            return []
+        args: list[str | int] = [self.maxlen]
+        args.extend(event.to_json() for event in events)
+        try:
+            result = await self._append_many(keys=self._run_keys(run_id), args=args)
+        except RedisError as exc:
+            raise _unavailable(exc) from exc
+        if result == -1:
+            raise UnknownRunError(run_id)
+        if result == -2:
+            raise RunFinishedError(run_id)
+        last = int(result)
+        return [str(seq) for seq in range(last - len(events) + 1, last + 1)]
 
     async def read(
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
