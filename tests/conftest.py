@@ -30,10 +30,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL."""
+def running(app: ASGIApp, *, lifespan: str = "off") -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve ``app`` with a real uvicorn on 127.0.0.1 in a thread; yield its base URL and
+    the server (``lifespan="on"`` for apps that own something, like a session hub)."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -43,10 +46,17 @@ def serve(app: ASGIApp) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
-        thread.join(10)
+        thread.join(15)
+
+
+@contextmanager
+def serve(app: ASGIApp, *, lifespan: str = "off") -> Iterator[str]:
+    """Serve ``app`` (see :func:`running`); yield its base URL."""
+    with running(app, lifespan=lifespan) as (url, _server):
+        yield url
 
 
 @pytest.hookimpl(hookwrapper=True)

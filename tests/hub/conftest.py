@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +20,7 @@ from streamflow import Delta, Event, parse_event
 from streamflow.hub import SessionBusyError, SessionNotFoundError, StreamHub
 from streamflow.sse import SSEDecoder
 from streamflow.stores import MemoryStore, Store
-from tests.conftest import free_port
+from tests.conftest import serve
 
 StoreFactory = Callable[..., Store]
 
@@ -133,24 +131,9 @@ def hub_app(hub: StreamHub, control: Control) -> Starlette:
 
 @contextmanager
 def serve_hub(app: Starlette) -> Iterator[str]:
-    """Like ``tests.conftest.serve`` but with the lifespan on (the hub's lifetime)."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    """``tests.conftest.serve`` with the lifespan on (the hub's lifetime)."""
+    with serve(app, lifespan="on") as url:
+        yield url
 
 
 @dataclass

@@ -17,8 +17,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +37,7 @@ from streamflow import Delta, Event
 from streamflow.hub import StreamHub
 from streamflow.sse import SSEDecoder
 from streamflow.stores import MemoryStore
-from tests.conftest import free_port
+from tests.conftest import running
 
 pytestmark = pytest.mark.slow
 
@@ -209,26 +207,11 @@ def browser_app() -> tuple[Starlette, ResetFirstStream]:
 
 @contextmanager
 def serve_with_server(app: ASGIApp, lifespan_owner: ResetFirstStream) -> Iterator[str]:
-    """Like ``tests.hub.conftest.serve_hub``, but the middleware gets the uvicorn server (to
-    find the connection it resets)."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    lifespan_owner.server = server
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    """``serve_hub``, and the middleware gets the uvicorn server (to find the connection it
+    resets)."""
+    with running(app, lifespan="on") as (url, server):
+        lifespan_owner.server = server
+        yield url
 
 
 def test_browser_eventsource_resumes_a_dropped_hub_stream() -> None:
