@@ -115,12 +115,6 @@ class Store(Protocol):
         becomes the session's latest run."""
         ...
 
-    async def append(self, run_id: str, event: Event) -> str:
-        """Record the next event of a ``running`` run; return its id, greater than every
-        id before it in this run. Raises :class:`UnknownRunError` or
-        :class:`RunFinishedError`."""
-        ...
-
     async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
         """Record the next events of a ``running`` run, in order, atomically (all of them,
         or none when the run had ended); return their ids, each greater than every id

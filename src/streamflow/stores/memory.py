@@ -164,15 +164,17 @@ class MemoryStore:
         return run_id
 
     async def append(self, run_id: str, event: Event) -> str:
-        run = self._run(run_id)
-        if run.status != "running":
-            raise RunFinishedError(run_id)
-        return self._append(run, event)
+        """One event: :meth:`append_many` of one (a convenience; not part of the protocol)."""
+        [event_id] = await self.append_many(run_id, [event])
+        return event_id
 
     async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
         run = self._run(run_id)
         if run.status != "running":
             raise RunFinishedError(run_id)
+        return self._extend(run, events)
+
+    def _extend(self, run: _Run, events: Sequence[Event]) -> list[str]:
         if not events:
             return []
         stored = run.events
@@ -189,20 +191,6 @@ class MemoryStore:
         if run.changed is not None:
             run.wake()
         return ids
-
-    def _append(self, run: _Run, event: Event) -> str:
-        events = run.events
-        event_id = str(run.first_seq + len(events) - run.head)
-        events.append(StoredEvent(event_id, event))
-        if len(events) - run.head > self.max_events_per_run:
-            run.head += 1
-            run.first_seq += 1
-            if run.head >= 1024 and run.head * 2 >= len(events):
-                del events[: run.head]
-                run.head = 0
-        if run.changed is not None:
-            run.wake()
-        return event_id
 
     async def read(
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
@@ -236,8 +224,7 @@ class MemoryStore:
         run = self._run(run_id)
         if run.status != "running":
             return False
-        for event in final:
-            self._append(run, event)
+        self._extend(run, final)
         run.status = status
         run.ended_at = time.monotonic()
         run.frozen = [stored.event.to_json() for stored in run.events[run.head :]]

@@ -79,21 +79,6 @@ return 1
 # (XADD with explicit ids): monotonic, short, every id up to the last one was issued, and
 # the first retained entry tells exactly whether the events after an id are still there.
 
-# KEYS: run, stream. ARGV: maxlen, event json. Returns the sequence number, or -1 (unknown
-# run) or -2 (finished run).
-_APPEND: Final = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status ~= 'running' then return -2 end
-local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '0-' .. n, 'e', ARGV[2])
-if n == 1 then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-end
-return n
-"""
-
 # KEYS: run, stream. ARGV: maxlen, event json... Returns the sequence number of the last
 # event (those before it follow down to it), or -1 (unknown run) or -2 (finished run).
 _APPEND_MANY: Final = """
@@ -227,7 +212,6 @@ class RedisStore:
         self.session_ttl = session_ttl
         client = self.client
         self._create_run = client.register_script(_CREATE_RUN)
-        self._append = client.register_script(_APPEND)
         self._append_many = client.register_script(_APPEND_MANY)
         self._read = client.register_script(_READ)
         self._finish = client.register_script(_FINISH)
@@ -293,15 +277,9 @@ class RedisStore:
         return run_id
 
     async def append(self, run_id: str, event: Event) -> str:
-        try:
-            result = await self._append(keys=self._run_keys(run_id), args=[self.maxlen, event.to_json()])
-        except RedisError as exc:
-            raise _unavailable(exc) from exc
-        if result == -1:
-            raise UnknownRunError(run_id)
-        if result == -2:
-            raise RunFinishedError(run_id)
-        return str(result)
+        """One event: :meth:`append_many` of one (a convenience; not part of the protocol)."""
+        [event_id] = await self.append_many(run_id, [event])
+        return event_id
 
     async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
         if not events:
