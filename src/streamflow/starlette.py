@@ -23,6 +23,7 @@ __all__ = ["EventStreamResponse"]
 logger = logging.getLogger("streamflow")
 
 _PING: Final = comment("ping")
+_CLOSE_TIMEOUT: Final = 5.0  # seconds a cancelled source gets for its async clean-up
 _DEFAULT_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -124,10 +125,8 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         if scope.get("method") == "HEAD":
-            await self.events.aclose()
-            aclose = getattr(self.pairs, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await _close(self.events)
+            await _close(self.pairs)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:
             await self._stream(receive, send)
@@ -169,10 +168,7 @@ class EventStreamResponse(Response):
         except Exception:  # a broken encoder or on_error: end the stream, never a traceback
             logger.exception("streamflow: the stream could not be encoded; it ends here")
         finally:
-            # Shielded and bounded: an agent suspended at a yield gets to run its async
-            # clean-up even though this task is being cancelled.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await events.aclose()
+            await _close(events)
             outbox.finish()
 
     async def _produce_pairs(self, outbox: _Outbox) -> None:
@@ -191,10 +187,7 @@ class EventStreamResponse(Response):
         except Exception:
             logger.exception("streamflow: the stream could not be encoded; it ends here")
         finally:
-            aclose = getattr(pairs, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await aclose()
+            await _close(pairs)
             outbox.finish()
 
     async def _deliver(self, outbox: _Outbox, send: Send) -> None:
@@ -228,6 +221,15 @@ class EventStreamResponse(Response):
         except OSError:  # ASGI 2.4 servers raise it for a disconnected client
             return False
         return True
+
+
+async def _close(stream: object) -> None:
+    """Close what a response streams, shielded and bounded: an agent suspended at a yield
+    gets to run its async clean-up even while the response's task is being cancelled."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
+            await aclose()
 
 
 class _Outbox:
