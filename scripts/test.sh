@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it: installs what it needs (Python packages
 # into .venv, the JS clients into node_modules, Chromium if missing), then lint, format,
-# types and every test. Extra arguments go to pytest.
+# types, the docs site and every test. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +37,7 @@ fi
 echo "== ruff check"; .venv/bin/ruff check .
 echo "== ruff format --check"; .venv/bin/ruff format --check .
 echo "== mypy --strict src"; .venv/bin/mypy --strict src
+# The docs site (mkdocs.yml): strict, so a warning (a broken link or anchor, a page missing
+# from the nav) fails the build. NO_MKDOCS_2_WARNING silences Material's end-of-life banner.
+echo "== mkdocs build --strict"; NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 echo "== pytest"; .venv/bin/python -m pytest "$@"
