@@ -8,6 +8,7 @@ from streamflow import (
     Done,
     Encoder,
     Error,
+    Event,
     JSONEncoder,
     NamedEventEncoder,
     SSEDecoder,
@@ -66,3 +67,30 @@ def test_encoders_satisfy_the_protocol() -> None:
 def test_unencodable_text_is_a_value_error_naming_data() -> None:
     with pytest.raises(ValueError, match="data is not encodable as UTF-8"):
         JSONEncoder().encode(Delta(value="\ud800"))
+
+
+def test_encode_pairs_sends_stored_json_as_it_is_and_refuses_a_bad_id() -> None:
+    encoder = JSONEncoder()
+    stored = Delta(value="a\nb").to_json()
+    assert encoder.encode_pairs([("r.1", stored), ("r.2", Done())]) == (
+        b'id: r.1\ndata: {"type":"delta","value":"a\\nb"}\n\nid: r.2\ndata: {"type":"done"}\n\n'
+    )
+    for bad in ("r\n1", "r\r1", "r\x001"):
+        with pytest.raises(ValueError, match="'id'"):
+            encoder.encode_pairs([("r.0", stored), (bad, stored)])
+    with pytest.raises(ValueError, match="id"):
+        encoder.encode_pairs([(7, stored)])  # type: ignore[list-item]
+
+
+def test_encode_pairs_of_a_subclass_goes_through_its_encode() -> None:
+    class Tagged(JSONEncoder):
+        def encode(self, event: Event, *, id: str | None = None) -> bytes:  # noqa: A002
+            return b": tagged\n" + super().encode(event, id=id)
+
+    stored = Delta(value="x").to_json()
+    assert (
+        Tagged().encode_pairs([("1", stored)]) == b': tagged\nid: 1\ndata: {"type":"delta","value":"x"}\n\n'
+    )
+    assert NamedEventEncoder().encode_pairs([("1", stored)]) == (
+        b'id: 1\nevent: delta\ndata: {"type":"delta","value":"x"}\n\n'
+    )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streamflow import Delta, Event, JSONEncoder, NamedEventEncoder, SSEDecoder, frame, parse_event
+from streamflow.encoders import HTMXEncoder
+from streamflow.encoders.base import encode_pairs
 from streamflow.testing import assert_roundtrip, decode, events, sse_texts
 
 
@@ -65,3 +69,25 @@ def test_delta_fast_path_equals_pydantic(value: str, step: str | None) -> None:
 @given(events(), st.none() | st.integers(0, 10**6).map(str))
 def test_json_encoders_fast_path_writes_exactly_what_frame_writes(event: Event, event_id: str | None) -> None:
     assert JSONEncoder().encode(event, id=event_id) == frame(event.to_json(), id=event_id)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10**6).map(str) | st.text(max_size=8), events(), st.booleans()), max_size=8
+    )
+)
+def test_encode_pairs_writes_exactly_what_encode_writes(items: list[tuple[str, Event, bool]]) -> None:
+    """A batch of a resumable stream: each event as an object or as its stored JSON, ids
+    of any text. The fast path writes the bytes encode() writes, or raises what it raises."""
+    pairs: list[tuple[str, Event | str]] = [(i, e.to_json() if as_json else e) for i, e, as_json in items]
+    for make in (JSONEncoder, NamedEventEncoder, HTMXEncoder):
+        one, other = make(), make()
+        expected = outcome(lambda one=one: b"".join(one.encode(e, id=i) for i, e, _ in items))
+        assert outcome(lambda other=other: encode_pairs(other, pairs)) == expected
+
+
+def outcome(call: Callable[[], bytes]) -> bytes | tuple[type[Exception], str]:
+    try:
+        return call()
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: HTMXEncoder after its Done
+        return type(exc), str(exc)

@@ -35,6 +35,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from operator import itemgetter
 from types import FrameType, TracebackType
 from typing import Final, Literal, TypeAlias, TypeVar
 
@@ -77,7 +78,11 @@ Authorize: TypeAlias = Callable[[Request, str], bool | Awaitable[bool]]
 """``authorize(request, session_id)``: may this request read this session?"""
 
 _T = TypeVar("_T")
+_Pairs: TypeAlias = list[tuple[str, Event | str]]  # (id, event or its JSON): see EventStreamResponse.with_ids
 _DONE: Final = Done()
+_DONE_JSON: Final = _DONE.to_json()
+_first: Final = itemgetter(0)
+_second: Final = itemgetter(1)
 _SEPARATOR: Final = "."
 
 
@@ -449,7 +454,7 @@ class StreamHub:
 
     async def _follow(
         self, session_id: str, fixed_run: str | None, last: str | None
-    ) -> AsyncGenerator[list[tuple[str, Event]], None]:
+    ) -> AsyncGenerator[_Pairs, None]:
         """The reader's batches; a failing store (Redis gone) ends them with
         ``Error(code="store_unavailable")`` and ``Done``, carrying the last id sent so
         that a later resume can still pick up from there."""
@@ -466,7 +471,7 @@ class StreamHub:
 
     async def _follow_runs(
         self, session_id: str, fixed_run: str | None, last: str | None
-    ) -> AsyncGenerator[list[tuple[str, Event]], None]:
+    ) -> AsyncGenerator[_Pairs, None]:
         if self._closing:
             return
         run_id = fixed_run
@@ -501,6 +506,11 @@ class StreamHub:
                             yield item
             finally:
                 self._reader_leaves(run_id)
+            if outcome == "caught_up" and fixed_run is not None and after is not None:
+                # A reconnection after the run's Done (a client that does not close on it):
+                # its Done again, so that it stops, rather than an empty body, after which an
+                # EventSource would reconnect every `retry` milliseconds for ever.
+                yield [(run_id + _SEPARATOR + after, _DONE)]
             if outcome != "caught_up" or fixed_run is not None:
                 return
             latest = await self._next_run(session_id, run_id)
@@ -508,9 +518,7 @@ class StreamHub:
                 return
             run_id, after = latest.run_id, None
 
-    async def _follow_run(
-        self, run_id: str, after: str | None
-    ) -> AsyncGenerator[list[tuple[str, Event]] | str, None]:
+    async def _follow_run(self, run_id: str, after: str | None) -> AsyncGenerator[_Pairs | str, None]:
         """The pairs of one run after ``after``; ends with the string ``"done"`` (its Done
         was sent), ``"caught_up"`` (the run had ended and this reader has all of it: a
         reconnection after its Done) or ``"closed"`` (shutdown: no Done)."""
@@ -532,13 +540,15 @@ class StreamHub:
                 yield "closed"
                 return
             if batch:
-                pairs = [(prefix + event_id, event) for event_id, event in batch]
-                if type(pairs[-1][1]) is Done:  # the grammar: a run's one Done is its last event
+                # (run.seq, JSON) pairs, made in C: the stored JSON goes to the wire as it is.
+                ids = map(prefix.__add__, map(_first, batch))
+                pairs: _Pairs = list(zip(ids, map(_second, batch), strict=True))
+                if batch[-1][1] == _DONE_JSON:  # the grammar: a run's one Done is its last event
                     yield pairs
                     yield "done"
                     return
                 yield pairs
-                after = batch[-1].id
+                after = batch[-1][0]
                 ended = False
                 continue
             if ended:  # ended, and nothing after `after` even on a second look
@@ -586,7 +596,7 @@ class _Batcher:
     __slots__ = ("ended", "error", "pending", "space", "wake")
 
     def __init__(self) -> None:
-        self.pending: list[Event] = []
+        self.pending: list[Event | str] = []
         self.ended = False
         self.error: Exception | None = None
         self.wake: anyio.Event | None = None  # set when the writer waits for events
@@ -596,7 +606,7 @@ class _Batcher:
         try:
             async for event in events:
                 pending = self.pending  # the writer takes the list and leaves a new one
-                pending.append(event)
+                pending.append(event.to_json())  # a str: nothing for the garbage collector to scan
                 if self.wake is not None:
                     self.wake.set()
                     self.wake = None
@@ -660,6 +670,6 @@ def _producer_lost() -> tuple[Event, Event]:
     return _failed("producer_lost", "The server running this stream stopped; it cannot continue.")
 
 
-def _refusal(code: str, message: str) -> list[tuple[str, Event]]:
+def _refusal(code: str, message: str) -> _Pairs:
     # An empty id resets the browser's last event id: its next reconnection starts afresh.
     return [("", Error(message=message, code=code)), ("", _DONE)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterable, Iterable, Mapping
+import math
+from collections.abc import AsyncIterable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -12,9 +14,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
-from streamflow.encoders.base import Encoder
+from streamflow.encoders.base import Encoder, IdPairs, encode_pairs
 from streamflow.encoders.json_events import JSONEncoder
-from streamflow.events import Event
 from streamflow.sse import comment
 from streamflow.sse import retry as retry_field
 
@@ -45,7 +46,8 @@ class EventStreamResponse(Response):
     - An exception in the source is logged with its traceback and becomes the ``Error``
       event ``on_error`` makes (by default a generic message: see
       :func:`~streamflow.adapters.iterable.expose_exception`), then ``Done``; every event
-      before it is delivered. The stream always ends with exactly one ``Done``.
+      before it is delivered. A source's stream always ends with exactly one ``Done``
+      (one made by :meth:`with_ids` ends as its pairs do).
     - ``send_timeout``: a client that has not taken a write within that many seconds is
       dropped (and the source cancelled) instead of holding the stream open.
     - Events that are ready together go out in one write; an event is never held back
@@ -90,7 +92,7 @@ class EventStreamResponse(Response):
         self.encoder: Encoder = encoder if encoder is not None else JSONEncoder()
         self.events = from_iterable(source, on_error=on_error)
         self.retry_frame = retry_field(retry) if retry is not None else b""
-        self.pairs: AsyncIterable[Iterable[tuple[str, Event]]] | None = None
+        self.pairs: AsyncIterable[IdPairs] | None = None
         self.on_error = on_error
         self.ping = ping
         self.send_timeout = send_timeout
@@ -101,16 +103,17 @@ class EventStreamResponse(Response):
         merged = {**_DEFAULT_HEADERS}  # later sources win, whatever the case of their names
         for extra in (self.encoder.headers, headers or {}):
             merged.update((name.lower(), value) for name, value in extra.items())
-        self.init_headers(merged)
+        # A list of its own (middleware may edit it), of header pairs shared between responses.
+        self.raw_headers = list(_raw_headers(self.media_type, tuple(merged.items())))
 
     @classmethod
-    def with_ids(
-        cls, batches: AsyncIterable[Iterable[tuple[str, Event]]], **options: Any
-    ) -> EventStreamResponse:
+    def with_ids(cls, batches: AsyncIterable[IdPairs], **options: Any) -> EventStreamResponse:
         """Stream batches of ``(id, event)`` pairs, each event's frames carrying its ``id:``.
 
-        A batch is the events ready together (e.g. one read of a store); batches are
-        never held back waiting for the next.
+        A batch (a sequence) is the events ready together (e.g. one read of a store);
+        batches are never held back waiting for the next. An event may be given as its
+        wire JSON (``Event.to_json()``, what stores keep): ``JSONEncoder`` sends it without
+        parsing it.
 
         The pairs are taken as they are: unlike a ``source``, they are not passed through
         :func:`~streamflow.adapters.from_iterable`, so the caller owns the stream's grammar
@@ -128,26 +131,16 @@ class EventStreamResponse(Response):
             await _close(self.events)
             await _close(self.pairs)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        else:
-            await self._stream(receive, send)
+        else:  # streamed from here, not from a helper: one coroutine frame less per open stream
+            outbox = _Outbox(self.buffer_size)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
+                await self._deliver(outbox, receive, send)
+                tasks.cancel_scope.cancel()
+            if not outbox.delivered:
+                logger.debug("streamflow: the client went away; the source was cancelled")
         if self.background is not None:
             await self.background()
-
-    async def _stream(self, receive: Receive, send: Send) -> None:
-        outbox = _Outbox(self.buffer_size)
-        async with anyio.create_task_group() as tasks:
-
-            async def watch_disconnect() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                tasks.cancel_scope.cancel()
-
-            tasks.start_soon(watch_disconnect)
-            tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
-            await self._deliver(outbox, send)
-            tasks.cancel_scope.cancel()
-        if not outbox.delivered:
-            logger.debug("streamflow: the client went away; the source was cancelled")
 
     async def _produce(self, outbox: _Outbox) -> None:
         encoder, events = self.encoder, self.events
@@ -162,6 +155,7 @@ class EventStreamResponse(Response):
                     # the source and makes the Error (naming the open step), then Done.
                     chunk = encoder.encode(await events.athrow(exc))
                 outbox.put_nowait(chunk)
+                del event, chunk  # an idle stream holds no event while it waits for the next
                 if outbox.size >= outbox.limit:
                     await outbox.wait_for_space()
             outbox.put_nowait(encoder.close())
@@ -177,10 +171,8 @@ class EventStreamResponse(Response):
         try:
             outbox.put_nowait(self.retry_frame)
             outbox.put_nowait(encoder.open())
-            encode, put = encoder.encode, outbox.put_nowait
             async for batch in pairs:
-                for id_, event in batch:
-                    put(encode(event, id=id_))
+                outbox.put_nowait(encode_pairs(encoder, batch))
                 if outbox.size >= outbox.limit:
                     await outbox.wait_for_space()
             outbox.put_nowait(encoder.close())
@@ -190,20 +182,30 @@ class EventStreamResponse(Response):
             await _close(pairs)
             outbox.finish()
 
-    async def _deliver(self, outbox: _Outbox, send: Send) -> None:
-        """Send what the producer queues until it finishes, then the end of the body."""
+    async def _deliver(self, outbox: _Outbox, receive: Receive, send: Send) -> None:
+        """Send what the producer queues until it finishes, then the end of the body.
+
+        The same task watches for the client's disconnect: with nothing to send, it waits
+        in ``receive()`` for ``http.disconnect``, in a cancel scope that the producer cancels
+        to wake it and whose deadline is the next ping. (Two tasks per stream, not three:
+        an idle stream costs no more memory than a bare ``StreamingResponse``.)
+        """
+        ping = self.ping if self.ping is not None else math.inf
         while True:
-            if not outbox.size and not outbox.finished:
-                with anyio.move_on_after(self.ping if self.ping is not None else float("inf")):
-                    await outbox.ready.wait()
             if outbox.size:
-                body = outbox.take()
+                if not await self._send(send, outbox.take(), more_body=True):
+                    return
             elif outbox.finished:
                 break
             else:
-                body = _PING
-            if not await self._send(send, body, more_body=True):
-                return
+                with anyio.CancelScope(deadline=anyio.current_time() + ping) as wait:
+                    outbox.waiter = wait
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    return  # the client went away: the caller cancels the producer
+                ping_due = not (outbox.size or outbox.finished)
+                if ping_due and not await self._send(send, _PING, more_body=True):
+                    return
         outbox.delivered = True  # servers may report a disconnect while this last send runs
         await self._send(send, b"", more_body=False)
 
@@ -223,6 +225,17 @@ class EventStreamResponse(Response):
         return True
 
 
+@functools.lru_cache(maxsize=64)
+def _raw_headers(media_type: str, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """What ``Response.init_headers`` makes of these headers, built once per distinct set:
+    a thousand open streams then share their header bytes instead of holding a copy each."""
+    if not any(name == "content-type" for name, _ in headers):
+        if media_type.startswith("text/") and "charset=" not in media_type.lower():
+            media_type += "; charset=utf-8"
+        headers += (("content-type", media_type),)
+    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+
+
 async def _close(stream: object) -> None:
     """Close what a response streams, shielded and bounded: an agent suspended at a yield
     gets to run its async clean-up even while the response's task is being cancelled."""
@@ -236,23 +249,22 @@ class _Outbox:
     """Encoded bytes between the producer and the sender: several events ready at once
     leave in one body message, and at most ``limit`` bytes wait for a slow client."""
 
-    __slots__ = ("_space", "chunks", "delivered", "finished", "limit", "ready", "size")
+    __slots__ = ("_space", "chunks", "delivered", "finished", "limit", "size", "waiter")
 
     def __init__(self, limit: int) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit
-        self.ready = anyio.Event()
+        self.waiter: anyio.CancelScope | None = None  # the idle sender's wait, to cancel to wake it
         self._space: anyio.Event | None = None  # only while the producer waits for room
         self.finished = False
         self.delivered = False  # every event went out: what follows is no disconnect mid-stream
 
     def put_nowait(self, chunk: bytes) -> None:
         if chunk:
-            if not self.chunks:  # the first of a batch wakes the sender
-                self.ready.set()
             self.chunks.append(chunk)
             self.size += len(chunk)
+            self._wake()
 
     async def wait_for_space(self) -> None:
         self._space = anyio.Event()
@@ -262,7 +274,6 @@ class _Outbox:
         body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         self.chunks.clear()
         self.size = 0
-        self.ready = anyio.Event()
         if self._space is not None:
             self._space.set()
             self._space = None
@@ -270,4 +281,10 @@ class _Outbox:
 
     def finish(self) -> None:
         self.finished = True
-        self.ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.cancel()

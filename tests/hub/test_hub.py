@@ -234,6 +234,20 @@ def test_resuming_before_the_retained_events_is_replay_unavailable(make_served: 
     assert gone.events[0].code == "replay_unavailable"
 
 
+def test_a_reconnection_after_a_runs_done_gets_its_done_again(make_served: MakeServed) -> None:
+    """A client that does not close on ``done`` reconnects with the Done's id: it gets that
+    Done again (same id), not an empty 200 after which EventSource would retry for ever."""
+    served = make_served()
+    session = served.session()
+    run = served.start(session, n=3)
+    first = served.read(f"/runs/{run}/stream")
+    assert first.events == [*deltas("", 3), Done()]
+    assert first.last_id == f"{run}.4"
+    again = served.read(f"/runs/{run}/stream", last_id=first.last_id)
+    assert again.pairs == [(f"{run}.4", Done())]
+    assert again.ended
+
+
 def test_an_expired_run_is_replay_unavailable(make_served: MakeServed) -> None:
     served = make_served(store=MemoryStore(retention=0.3))
     session = served.session()

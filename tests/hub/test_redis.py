@@ -61,8 +61,8 @@ async def test_ids_are_sequence_numbers_and_bad_ids_are_typed(redis_server: Redi
         run = await store.create_run("s", producer="p", lease=5)
         ids = [await store.append(run, Delta(value=str(i))) for i in range(5)]
         assert ids == ["1", "2", "3", "4", "5"]
-        assert [e.id for e in await store.read(run)] == ids
-        assert [e.event for e in await store.read(run, "3")] == [Delta(value="3"), Delta(value="4")]
+        assert [e[0] for e in await store.read(run)] == ids
+        assert [parse_event(e[1]) for e in await store.read(run, "3")] == [Delta(value="3"), Delta(value="4")]
         assert await store.read(run, "5") == []
         for bad in ["", "01", "-1", "1-0", "abc", "1\u00e9", "1" * 20]:
             with pytest.raises(InvalidEventIdError):
@@ -89,7 +89,7 @@ async def test_maxlen_drops_old_events_and_says_so(redis_server: RedisServer, pr
         with pytest.raises(ReplayUnavailableError):
             await store.read(run, "3")
         tail = await store.read(run, "990")
-        assert [e.id for e in tail] == [str(i) for i in range(991, 1001)]
+        assert [e[0] for e in tail] == [str(i) for i in range(991, 1001)]
         # Exactly at the edge: the events after the last dropped one are all there.
         client = store.client
         head = await client.xrange(f"{prefix}:run:{{{run}}}:events", count=1)
@@ -97,7 +97,7 @@ async def test_maxlen_drops_old_events_and_says_so(redis_server: RedisServer, pr
         first = head[0][0]
         assert isinstance(first, bytes)
         edge = str(int(first.split(b"-")[1]) - 1)
-        assert next(e.id for e in await store.read(run, edge, limit=10_000)) == str(int(edge) + 1)
+        assert next(e[0] for e in await store.read(run, edge, limit=10_000)) == str(int(edge) + 1)
         with pytest.raises(ReplayUnavailableError):
             await store.read(run, str(int(edge) - 1))
     finally:
@@ -116,7 +116,7 @@ async def test_finish_first_caller_wins_and_ends_appends(redis_server: RedisServ
         assert await store.finish(run, "finished", final=[Done()]) is False
         with pytest.raises(RunFinishedError):
             await store.append(run, Delta(value="b"))
-        assert [e.event for e in await store.read(run)] == [Delta(value="a"), *final]
+        assert [parse_event(e[1]) for e in await store.read(run)] == [Delta(value="a"), *final]
         info = await store.run_info(run)
         assert info is not None
         assert info.status == "failed"
@@ -173,8 +173,8 @@ async def test_a_blocked_read_wakes_on_append_and_on_finish(redis_server: RedisS
         got: list[list[str]] = []
 
         async def reader() -> None:
-            got.append([e.id for e in await store.read(run, block=5)])
-            got.append([e.id for e in await store.read(run, "1", block=5)])
+            got.append([e[0] for e in await store.read(run, block=5)])
+            got.append([e[0] for e in await store.read(run, "1", block=5)])
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(reader)

@@ -36,11 +36,11 @@ async def test_ids_are_monotonic_and_read_returns_what_follows(store: Store) -> 
     ids = [await store.append(run, Delta(value=str(i))) for i in range(5)]
     assert len(set(ids)) == 5
     everything = await store.read(run)
-    assert [stored.id for stored in everything] == ids
-    assert [stored.event for stored in everything] == [Delta(value=str(i)) for i in range(5)]
+    assert [stored[0] for stored in everything] == ids
+    assert [parse_event(stored[1]) for stored in everything] == [Delta(value=str(i)) for i in range(5)]
     for index, event_id in enumerate(ids):
         rest = await store.read(run, event_id)
-        assert [stored.id for stored in rest] == ids[index + 1 :]
+        assert [stored[0] for stored in rest] == ids[index + 1 :]
     assert len(await store.read(run, None, limit=2)) == 2
     assert await store.read(run, ids[-1]) == []
 
@@ -51,7 +51,7 @@ async def test_a_blocking_read_wakes_on_append(store: Store) -> None:
     got: list[Event] = []
 
     async def reader() -> None:
-        got.extend(stored.event for stored in await store.read(run, first, block=5))
+        got.extend(parse_event(stored[1]) for stored in await store.read(run, first, block=5))
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(reader)
@@ -59,7 +59,7 @@ async def test_a_blocking_read_wakes_on_append(store: Store) -> None:
         await store.append(run, Delta(value="b"))
     assert got == [Delta(value="b")]
     with anyio.fail_after(3):  # a timeout returns nothing
-        assert await store.read(run, (await store.read(run))[-1].id, block=0.1) == []
+        assert await store.read(run, (await store.read(run))[-1][0], block=0.1) == []
 
 
 @pytest.mark.parametrize("bad", ["", "x", "-1", "1.5", "01", "1\n", "99999999999999999999999"])
@@ -85,7 +85,7 @@ async def test_finish_is_atomic_and_first_wins(store: Store) -> None:
     await store.append(run, Delta(value="a"))
     assert await store.finish(run, "failed", final=[Error(message="x", code="c"), Done()])
     assert not await store.finish(run, "finished", final=[Done()])
-    events = [stored.event for stored in await store.read(run)]
+    events = [parse_event(stored[1]) for stored in await store.read(run)]
     assert events == [Delta(value="a"), Error(message="x", code="c"), Done()]
     info = await store.run_info(run)
     assert info is not None
@@ -114,13 +114,13 @@ async def test_memory_store_caps_events_per_run() -> None:
     store = MemoryStore(max_events_per_run=3)
     _, run = await new_run(store)
     ids = [await store.append(run, Delta(value=str(i))) for i in range(10)]
-    assert [stored.id for stored in await store.read(run, ids[6])] == ids[7:]
+    assert [stored[0] for stored in await store.read(run, ids[6])] == ids[7:]
     with pytest.raises(ReplayUnavailableError):
         await store.read(run, ids[5])
     with pytest.raises(ReplayUnavailableError):
         await store.read(run)
     await store.finish(run, "finished")  # a finished run replays from its compact form
-    assert [stored.event for stored in await store.read(run, ids[6])] == [
+    assert [parse_event(stored[1]) for stored in await store.read(run, ids[6])] == [
         Delta(value=str(i)) for i in (7, 8, 9)
     ]
 
@@ -232,33 +232,35 @@ async def test_append_many_ids_are_monotonic_and_readers_see_the_batch(store: St
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(reader)
         await anyio.sleep(0.1)
-        batch = await store.append_many(run, [Delta(value=str(i)) for i in range(3)])
+        batch_last = await store.append_many(run, [Delta(value=str(i)) for i in range(3)])
     last = await store.append(run, Delta(value="z"))
-    ids = [first, *batch, last]
+    [batch] = got  # the blocked reader woke with the whole batch, as (id, wire JSON) pairs
+    assert [data for _, data in batch] == [Delta(value=str(i)).to_json() for i in range(3)]
+    assert batch[-1][0] == batch_last
+    ids = [first, *(event_id for event_id, _ in batch), last]
     assert [int(event_id) for event_id in ids] == sorted({int(event_id) for event_id in ids})
-    assert got == [[StoredEvent(event_id, Delta(value=str(i))) for i, event_id in enumerate(batch)]]
     everything = await store.read(run)
-    assert [stored.id for stored in everything] == ids
-    assert [stored.event for stored in everything] == [
+    assert [stored[0] for stored in everything] == ids
+    assert [parse_event(stored[1]) for stored in everything] == [
         Delta(value="a"),
         *(Delta(value=str(i)) for i in range(3)),
         Delta(value="z"),
     ]
-    assert await store.read(run, batch[0]) == everything[2:]
-    assert await store.append_many(run, []) == []
+    assert await store.read(run, batch[0][0]) == everything[2:]
+    assert await store.append_many(run, []) is None
 
 
 async def test_append_many_is_atomic_with_finish(store: Store) -> None:
     _, run = await new_run(store)
-    batch = await store.append_many(run, [Delta(value="a"), Delta(value="b")])
+    batch_last = await store.append_many(run, [Delta(value="a"), Delta(value="b")])
     assert await store.finish(run, "failed", final=[Error(message="x", code="y"), Done()])
     with pytest.raises(RunFinishedError):
         await store.append_many(run, [Delta(value="c"), Delta(value="d")])
     with pytest.raises(RunFinishedError):
         await store.append_many(run, [])
     everything = await store.read(run)
-    assert [stored.id for stored in everything[:2]] == batch
-    assert [stored.event for stored in everything] == [
+    assert everything[1][0] == batch_last
+    assert [parse_event(stored[1]) for stored in everything] == [
         Delta(value="a"),
         Delta(value="b"),
         Error(message="x", code="y"),
@@ -271,8 +273,8 @@ async def test_append_many_is_atomic_with_finish(store: Store) -> None:
 async def read_to_done(store: Store, run: str) -> list[StoredEvent]:
     found: list[StoredEvent] = []
     with anyio.fail_after(5):
-        while not found or found[-1].event != Done():
-            found += await store.read(run, found[-1].id if found else None, block=5)
+        while not found or parse_event(found[-1][1]) != Done():
+            found += await store.read(run, found[-1][0] if found else None, block=5)
     return found
 
 
@@ -310,9 +312,9 @@ async def test_the_hub_appends_ready_events_together_and_never_holds_one_back() 
         run = await hub.start(session, slow())
         with anyio.fail_after(5):
             events = await store.read(run, block=5)
-        assert [stored.event for stored in events] == [Delta(value="first")]
+        assert [parse_event(stored[1]) for stored in events] == [Delta(value="first")]
         gate.set()
-        assert [stored.event for stored in await read_to_done(store, run)] == [
+        assert [parse_event(stored[1]) for stored in await read_to_done(store, run)] == [
             Delta(value="first"),
             Delta(value="second"),
             Done(),

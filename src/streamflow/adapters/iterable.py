@@ -108,6 +108,7 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
     try:
         async for item in items:
             event = _to_event(item)
+            del item  # neither it nor its event is held while the source works on the next
             if event is None:
                 continue
             if type(event) is Delta:
@@ -127,6 +128,7 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
                 if type(event) is StepStart:
                     open_steps.pop()
                 raise
+            del event
     except Exception as exc:
         if on_error is None:
             raise

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
+from streamflow.encoders.base import IdPairs, _event
 from streamflow.events import EVENT_TYPES, Event
 from streamflow.sse import frame
 
@@ -37,14 +38,38 @@ class JSONEncoder:
 
     def encode(self, event: Event, *, id: str | None = None) -> bytes:  # noqa: A002
         text = event.to_json()
-        if id is None:
-            # The hot path. Compact JSON never holds a CR or LF (JSON escapes them), so this
-            # is frame(text) without the call; the property tests check the bytes are equal.
-            try:
+        # The hot path. Compact JSON never holds a CR or LF (JSON escapes them), so this is
+        # frame(text, id=id) without the call; the property tests check the bytes are equal.
+        try:
+            if id is None:
                 return ("data: " + text + "\n\n").encode()
-            except UnicodeEncodeError:
-                pass  # frame() raises the ValueError that names the field
-        return frame(text, id=id)
+            if type(id) is str and "\n" not in id and "\r" not in id and "\0" not in id:
+                return ("id: " + id + "\ndata: " + text + "\n\n").encode()
+        except UnicodeEncodeError:
+            pass
+        return frame(text, id=id)  # raises the ValueError that names the field
+
+    def encode_pairs(self, pairs: IdPairs) -> bytes:
+        """The frames of a batch of ``(id, event)`` pairs (a resumable stream's). An event
+        given as its wire JSON (as stores keep it) is sent as it is, never parsed."""
+        if type(self).encode is JSONEncoder.encode:  # not a subclass writing other frames
+            try:
+                frames = [
+                    "id: " + i + "\ndata: " + (d if isinstance(d, str) else d.to_json()) for i, d in pairs
+                ]
+                text = "\n\n".join(frames) + "\n\n"
+            except TypeError:  # an id that is not a str: encode() names it
+                pass
+            else:
+                # Each frame holds three LFs and no CR or NUL (JSON escapes them), unless an id
+                # (or a store's text) has one: then encode() below raises naming the field.
+                if text.count("\n") == 3 * len(pairs) and "\r" not in text and "\0" not in text:
+                    try:
+                        return text.encode()
+                    except UnicodeEncodeError:
+                        pass
+        encode = self.encode
+        return b"".join([encode(_event(data), id=id_) for id_, data in pairs])
 
     def close(self) -> bytes:
         return b""

@@ -12,6 +12,7 @@ from streamflow.stores.base import (
     StoredEvent,
     StoreError,
     UnknownRunError,
+    wire_json,
 )
 from streamflow.stores.memory import MemoryStore
 
@@ -26,4 +27,5 @@ __all__ = [
     "StoreError",
     "StoredEvent",
     "UnknownRunError",
+    "wire_json",
 ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from streamflow.events import Event
 
@@ -39,6 +39,7 @@ __all__ = [
     "StoreError",
     "StoredEvent",
     "UnknownRunError",
+    "wire_json",
 ]
 
 RunStatus: TypeAlias = Literal["running", "finished", "failed", "cancelled"]
@@ -67,13 +68,22 @@ class RunFinishedError(StoreError):
     """The run is finished; it takes no more events."""
 
 
-class StoredEvent(NamedTuple):
-    """An event as recorded: its id (monotonic within its run) and the event.
+StoredEvent: TypeAlias = tuple[str, str]
+"""An event as recorded: ``(id, data)``, its id (monotonic within its run) and its wire
+JSON (what :meth:`Event.to_json() <streamflow.events.Event>` wrote;
+:func:`~streamflow.events.parse_event` makes the event of it).
 
-    A named tuple (cheap to make and to unpack: it is made for every event read)."""
+Stores keep and return events as JSON text: a reader that sends them on with
+:class:`~streamflow.encoders.JSONEncoder` never builds an event object, and the events a
+store retains are strings that the garbage collector does not scan.
+"""
 
-    id: str
-    event: Event
+
+def wire_json(events: Sequence[Event | str]) -> list[str]:
+    """The wire JSON of each event (``Event.to_json()``); a ``str`` is taken to be that
+    JSON already (the hub converts its events as they are produced, so that a batch waiting
+    for the store holds strings, not objects for the garbage collector to scan)."""
+    return [event if isinstance(event, str) else event.to_json() for event in events]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,18 +125,20 @@ class Store(Protocol):
         becomes the session's latest run."""
         ...
 
-    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
-        """Record the next events of a ``running`` run, in order, atomically (all of them,
-        or none when the run had ended); return their ids, each greater than every id
-        before it. The hub appends the events its source has ready together with one call.
-        Raises :class:`UnknownRunError` or :class:`RunFinishedError`."""
+    async def append_many(self, run_id: str, events: Sequence[Event | str]) -> str | None:
+        """Record the next events of a ``running`` run (each an event or its wire JSON,
+        see :func:`wire_json`), in order, atomically (all of them,
+        or none when the run had ended), each with an id greater than every id before it;
+        return the id of the last one (``None`` for no events). The hub appends the events
+        its source has ready together with one call. Raises :class:`UnknownRunError` or
+        :class:`RunFinishedError`."""
         ...
 
     async def read(
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
     ) -> list[StoredEvent]:
         """Up to ``limit`` events of ``run_id`` appended after the id ``after`` (from the
-        first event when ``None``), in order.
+        first event when ``None``), in order, as ``(id, JSON)`` pairs.
 
         When there are none yet, wait up to ``block`` seconds for one (``None``: do not
         wait) and return ``[]`` on timeout. Raises :class:`UnknownRunError`,
@@ -135,7 +147,7 @@ class Store(Protocol):
         """
         ...
 
-    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event] = ()) -> bool:
+    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event | str] = ()) -> bool:
         """End a ``running`` run with ``status`` (not ``running``), first appending
         ``final`` (e.g. ``Error`` then ``Done`` for a failed run), atomically. Returns
         ``False`` and changes nothing when the run had already ended (the first caller

@@ -10,7 +10,7 @@ from typing import Final
 
 import anyio
 
-from streamflow.events import Event, parse_event
+from streamflow.events import Event
 from streamflow.stores.base import (
     InvalidEventIdError,
     ReplayUnavailableError,
@@ -19,6 +19,7 @@ from streamflow.stores.base import (
     RunStatus,
     StoredEvent,
     UnknownRunError,
+    wire_json,
 )
 
 __all__ = ["MemoryStore"]
@@ -33,7 +34,6 @@ class _Run:
         "ended_at",
         "events",
         "first_seq",
-        "frozen",
         "head",
         "lease_until",
         "producer",
@@ -50,20 +50,17 @@ class _Run:
         self.status: RunStatus = "running"
         self.created_at = time.time()
         self.ended_at = 0.0  # time.monotonic() when it ended
-        # The retained events are events[head:]; the dropped ones before head are cleared
-        # in chunks, so that dropping one is O(1) and a read is a list slice.
-        self.events: list[StoredEvent] = []
+        # The retained events, as their wire JSON (a fifth of the memory of event objects,
+        # and nothing for the garbage collector to scan), are events[head:]; their ids are
+        # sequence numbers from first_seq. The dropped ones before head are cleared in
+        # chunks, so that dropping one is O(1) and a read is a list slice.
+        self.events: list[str] = []
         self.head = 0
         self.first_seq = 1  # the id of events[head]
-        # A finished run keeps its retained events as their wire JSON (their ids follow
-        # from first_seq): a fifth of the memory of event objects; a replay parses them.
-        self.frozen: list[str] | None = None
         self.changed: anyio.Event | None = None  # made by a waiting reader, set on change
 
     @property
     def last_seq(self) -> int:
-        if self.frozen is not None:
-            return self.first_seq + len(self.frozen) - 1
         return self.first_seq + len(self.events) - self.head - 1
 
     def wake(self) -> None:
@@ -165,22 +162,21 @@ class MemoryStore:
 
     async def append(self, run_id: str, event: Event) -> str:
         """One event: :meth:`append_many` of one (a convenience; not part of the protocol)."""
-        [event_id] = await self.append_many(run_id, [event])
+        event_id = await self.append_many(run_id, [event])
+        assert event_id is not None
         return event_id
 
-    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+    async def append_many(self, run_id: str, events: Sequence[Event | str]) -> str | None:
         run = self._run(run_id)
         if run.status != "running":
             raise RunFinishedError(run_id)
         return self._extend(run, events)
 
-    def _extend(self, run: _Run, events: Sequence[Event]) -> list[str]:
+    def _extend(self, run: _Run, events: Sequence[Event | str]) -> str | None:
         if not events:
-            return []
+            return None
         stored = run.events
-        first = run.first_seq + len(stored) - run.head
-        ids = [str(seq) for seq in range(first, first + len(events))]
-        stored.extend(map(StoredEvent, ids, events))
+        stored.extend(wire_json(events))
         excess = len(stored) - run.head - self.max_events_per_run
         if excess > 0:
             run.head += excess
@@ -190,7 +186,7 @@ class MemoryStore:
                 run.head = 0
         if run.changed is not None:
             run.wake()
-        return ids
+        return str(run.last_seq)
 
     async def read(
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
@@ -211,14 +207,10 @@ class MemoryStore:
             if seq < run.first_seq - 1:
                 raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
         start = run.head + seq - run.first_seq + 1
-        if run.frozen is not None:
-            start -= run.head
-            first = run.first_seq + start
-            texts = run.frozen[start : start + limit]
-            return [StoredEvent(str(first + index), parse_event(text)) for index, text in enumerate(texts)]
-        return run.events[start : start + limit]
+        texts = run.events[start : start + limit]
+        return list(zip(map(str, range(seq + 1, seq + 1 + len(texts))), texts, strict=True))
 
-    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event] = ()) -> bool:
+    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event | str] = ()) -> bool:
         if status == "running":
             raise ValueError("finish() needs a final status, not 'running'")
         run = self._run(run_id)
@@ -227,9 +219,6 @@ class MemoryStore:
         self._extend(run, final)
         run.status = status
         run.ended_at = time.monotonic()
-        run.frozen = [stored.event.to_json() for stored in run.events[run.head :]]
-        run.events = []
-        run.head = 0
         self._finished[run_id] = None
         run.wake()
         self._prune()

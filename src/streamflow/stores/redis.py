@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         'streamflow.stores.redis needs the redis client: pip install "streamflow[redis]"'
     ) from exc
 
-from streamflow.events import Event, parse_event
+from streamflow.events import Event
 from streamflow.stores.base import (
     InvalidEventIdError,
     ReplayUnavailableError,
@@ -41,6 +41,7 @@ from streamflow.stores.base import (
     StoredEvent,
     StoreError,
     UnknownRunError,
+    wire_json,
 )
 
 __all__ = ["RedisStore", "RedisStoreError"]
@@ -278,19 +279,20 @@ class RedisStore:
 
     async def append(self, run_id: str, event: Event) -> str:
         """One event: :meth:`append_many` of one (a convenience; not part of the protocol)."""
-        [event_id] = await self.append_many(run_id, [event])
+        event_id = await self.append_many(run_id, [event])
+        assert event_id is not None
         return event_id
 
-    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+    async def append_many(self, run_id: str, events: Sequence[Event | str]) -> str | None:
         if not events:
             info = await self.run_info(run_id)
             if info is None:
                 raise UnknownRunError(run_id)
             if info.status != "running":
                 raise RunFinishedError(run_id)
-            return []
+            return None
         args: list[str | int] = [self.maxlen]
-        args.extend(event.to_json() for event in events)
+        args.extend(wire_json(events))
         try:
             result = await self._append_many(keys=self._run_keys(run_id), args=args)
         except RedisError as exc:
@@ -299,8 +301,7 @@ class RedisStore:
             raise UnknownRunError(run_id)
         if result == -2:
             raise RunFinishedError(run_id)
-        last = int(result)
-        return [str(seq) for seq in range(last - len(events) + 1, last + 1)]
+        return str(int(result))
 
     async def read(
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
@@ -322,7 +323,7 @@ class RedisStore:
             if not woken:
                 return []
             entries = _xread_entries(woken)
-            if entries and entries[0].id == str(start + 1):
+            if entries and entries[0][0] == str(start + 1):
                 return entries
             return (await self._read_once(run_id, keys, after, limit))[1]
         except RedisError as exc:
@@ -339,14 +340,14 @@ class RedisStore:
             raise InvalidEventIdError(f"event id {after!r} was never issued by this run")
         if code == 2:
             raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
-        entries = [StoredEvent(_text(entry_id)[2:], parse_event(fields[1])) for entry_id, fields in reply[2]]
+        entries = [(_text(entry_id)[2:], _text(fields[1])) for entry_id, fields in reply[2]]
         return _text(reply[1]), entries
 
-    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event] = ()) -> bool:
+    async def finish(self, run_id: str, status: RunStatus, *, final: Sequence[Event | str] = ()) -> bool:
         if status == "running" or status not in _STATUSES:
             raise ValueError(f"finish() needs a final status, not {status!r}")
         args: list[str | int] = [status, self.maxlen, self._ms(self.ttl), repr(time.time())]
-        args.extend(event.to_json() for event in final)
+        args.extend(wire_json(final))
         try:
             result = await self._finish(keys=self._run_keys(run_id), args=args)
         except RedisError as exc:
@@ -408,7 +409,7 @@ def _xread_entries(reply: Any) -> list[StoredEvent]:
     found: list[StoredEvent] = []
     for entry_id, fields in entries:
         payload = fields.get(b"e") if b"e" in fields else fields["e"]
-        found.append(StoredEvent(_text(entry_id)[2:], parse_event(payload)))
+        found.append((_text(entry_id)[2:], _text(payload)))
     return found
 
 
