@@ -81,17 +81,19 @@ class StepStart(_EventBase):
     """
 
     type: Literal["step_start"] = "step_start"
-    step: str
-    index: int | None = Field(default=None, ge=1)
-    total: int | None = Field(default=None, ge=1)
+    step: str = Field(description="The step's name; its step_end (or the run's error) carries the same name.")
+    index: int | None = Field(
+        default=None, ge=1, description='Which step this is, from 1: "step index of total".'
+    )
+    total: int | None = Field(default=None, ge=1, description="How many steps the run has, when known.")
 
 
 class Delta(_EventBase):
     """A piece of streamed text. Concatenating a run's deltas gives its text."""
 
     type: Literal["delta"] = "delta"
-    value: str
-    step: str | None = None
+    value: str = Field(description="The text to append; any characters, line breaks included.")
+    step: str | None = Field(default=None, description="The step that wrote it, when the source says so.")
 
     def to_json(self) -> str:
         # The hot path of every stream: a hand-built string is several times faster than
@@ -105,23 +107,25 @@ class StepEnd(_EventBase):
     """The step named ``step`` finished; ``output`` is its (JSON) result, if any."""
 
     type: Literal["step_end"] = "step_end"
-    step: str
-    output: JsonValue = None
+    step: str = Field(description="The name its step_start carried.")
+    output: JsonValue = Field(default=None, description="The step's result as JSON, if it has one.")
 
 
 class ChatMessage(_Model):
     """One message of a conversation, as a chat UI renders it."""
 
-    role: str
-    content: str
-    type: str = "text"
+    role: str = Field(description="Who wrote it: user, assistant, system, tool...")
+    content: str = Field(description="The message's text.")
+    type: str = Field(
+        default="text", description="How to render content (text unless the app says otherwise)."
+    )
 
 
 class ChatHistory(_EventBase):
     """The conversation so far (or after the run), for a UI to render or replace."""
 
     type: Literal["chat_history"] = "chat_history"
-    value: list[ChatMessage]
+    value: list[ChatMessage] = Field(description="The messages, oldest first.")
 
 
 class Error(_EventBase):
@@ -129,9 +133,14 @@ class Error(_EventBase):
     names the step that failed, when known."""
 
     type: Literal["error"] = "error"
-    message: str
-    code: str | None = None
-    step: str | None = None
+    message: str = Field(
+        description="Safe to show to the user: by default a generic text, never an exception's."
+    )
+    code: str | None = Field(
+        default=None,
+        description="A stable reason for programs: internal_error, cancelled, replay_unavailable...",
+    )
+    step: str | None = Field(default=None, description="The step that was running when the run failed.")
 
 
 class Done(_EventBase):
@@ -147,20 +156,24 @@ class ToolCall(_EventBase):
     """The agent called tool ``name`` with ``arguments``; ``id`` pairs it with its result."""
 
     type: Literal["tool_call"] = "tool_call"
-    id: str
-    name: str
-    arguments: dict[str, JsonValue] = Field(default_factory=dict)
-    step: str | None = None
+    id: str = Field(description="Unique within the run; the tool_result of this call carries the same id.")
+    name: str = Field(description="The tool's name.")
+    arguments: dict[str, JsonValue] = Field(
+        default_factory=dict, description="The arguments the agent passed, as a JSON object."
+    )
+    step: str | None = Field(default=None, description="The step that made the call, when known.")
 
 
 class ToolResult(_EventBase):
     """The result of the tool call ``id``; ``is_error`` marks a failed call."""
 
     type: Literal["tool_result"] = "tool_result"
-    id: str
-    output: JsonValue = None
-    is_error: bool = False
-    step: str | None = None
+    id: str = Field(description="The id of the tool_call this answers.")
+    output: JsonValue = Field(
+        default=None, description="What the tool returned, as JSON (or the error it reported)."
+    )
+    is_error: bool = Field(default=False, description="Whether the call failed.")
+    step: str | None = Field(default=None, description="The step that made the call, when known.")
 
 
 Event: TypeAlias = Annotated[
