@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from fastapi import FastAPI
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -67,6 +68,20 @@ async def endless(request: Request) -> EventStreamResponse:
     return EventStreamResponse(source())
 
 
+async def busy(request: Request) -> EventStreamResponse:
+    """A source that always has its next event ready (it only yields to the loop)."""
+
+    async def source() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x"
+                await anyio.lowlevel.checkpoint()
+        finally:
+            signals.finalize()
+
+    return EventStreamResponse(source())
+
+
 async def silent(request: Request) -> EventStreamResponse:
     async def source() -> AsyncIterator[str]:
         try:
@@ -117,6 +132,7 @@ starlette_app = Starlette(
         Route("/gated", gated),
         Route("/idle", idle),
         Route("/endless", endless),
+        Route("/busy", busy),
         Route("/silent", silent),
         Route("/failing", failing),
         Route("/bad-item", bad_item),

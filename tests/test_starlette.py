@@ -15,6 +15,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.types import Message
 
+import streamflow.starlette as starlette_module
 from streamflow import (
     Delta,
     Done,
@@ -27,8 +28,10 @@ from streamflow import (
     StepStart,
     expose_exception,
     hide_exception,
+    parse_event,
 )
 from streamflow.client import aiter_events
+from streamflow.testing import decode
 from tests import apps
 from tests.conftest import free_port, serve
 
@@ -209,6 +212,44 @@ async def test_disconnect_cancels_an_idle_source() -> None:
             await finalized.wait()
     assert events_of(recorder.bodies) == [Delta(value="one")]
     assert recorder.bodies[-1] != b"", "no closing body message is sent to a gone client"
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio.timeout", "anyio scope"])
+async def test_the_idle_sender_wakes_pings_and_sees_the_disconnect(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender waits in receive(): the producer wakes it for each event, its deadline
+    sends pings, a disconnect ends it. Both ways of waiting: asyncio.timeout, and the anyio
+    scope used on trio and on Python before 3.11.3."""
+    monkeypatch.setattr(starlette_module, "_asyncio_timeout_works", lambda: native)
+    recorder = Recorder()
+    finalized = anyio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        try:
+            yield "a"
+            await anyio.sleep(0.25)
+            yield "b"
+            await anyio.sleep(3600)
+        finally:
+            finalized.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, EventStreamResponse(source(), ping=0.05), recorder)
+        await anyio.sleep(0.4)
+        recorder.disconnect.set()
+        with anyio.fail_after(1):
+            await finalized.wait()
+    bodies = recorder.bodies
+    assert events_of(bodies) == [Delta(value="a"), Delta(value="b")]
+    pings_between = bodies[bodies.index(b'data: {"type":"delta","value":"a"}\n\n') + 1 :].index(
+        b'data: {"type":"delta","value":"b"}\n\n'
+    )
+    assert 2 <= pings_between <= 6, bodies  # 0.25 s of silence at ping=0.05
+    assert set(bodies) - {b": ping\n\n"} == {
+        b'data: {"type":"delta","value":"a"}\n\n',
+        b'data: {"type":"delta","value":"b"}\n\n',
+    }
 
 
 async def test_async_cleanup_in_a_suspended_source_gets_to_run() -> None:
@@ -549,6 +590,14 @@ async def test_behind_base_http_middleware() -> None:
                 assert await anext(events) == Delta(value="tick 1")
                 await events.aclose()
             assert apps.signals.finalized.wait(1.0), "the source kept running behind the middleware"
+            # A source that always has its next event ready keeps the sender busy, and this
+            # middleware swallows the writes to a gone client: the sender must still look.
+            apps.signals.finalized.clear()
+            async with client.stream("GET", f"{url}/busy") as response:
+                events = aiter_events(response.aiter_bytes())
+                assert await anext(events) == Delta(value="x")
+                await events.aclose()
+            assert apps.signals.finalized.wait(1.0), "a busy stream kept running behind the middleware"
             failing = await stream_events(f"{url}/failing")
             assert failing[-2] == Error(
                 message=hide_exception(RuntimeError()).message, code="internal_error", step="work"
@@ -566,3 +615,45 @@ def test_fastapi_documents_the_stream_media_type() -> None:
 
     content = app.openapi()["paths"]["/stream"]["get"]["responses"]["200"]["content"]
     assert list(content) == ["text/event-stream"]
+
+
+# --- with_ids: a resumable stream's batches ---------------------------------------------
+
+
+async def batches_of(*batches: Any) -> AsyncIterator[Any]:
+    for batch in batches:
+        yield batch
+
+
+async def test_with_ids_sends_each_event_with_its_id_events_or_stored_json() -> None:
+    recorder = CompletingRecorder()
+    stored = Delta(value="b").to_json()
+    pairs = batches_of([("r.1", Delta(value="a"))], (("r.2", stored) for _ in range(1)), [("r.3", Done())])
+    await run(EventStreamResponse.with_ids(pairs, retry=500), recorder)
+    body = b"".join(recorder.bodies)
+    assert body == (
+        b'retry: 500\n\nid: r.1\ndata: {"type":"delta","value":"a"}\n\n'
+        b'id: r.2\ndata: {"type":"delta","value":"b"}\n\nid: r.3\ndata: {"type":"done"}\n\n'
+    )
+
+
+@pytest.mark.parametrize("encoder", [JSONEncoder, NamedEventEncoder], ids=["json", "named"])
+async def test_with_ids_ends_with_error_and_done_when_a_batch_cannot_be_sent(
+    encoder: type[JSONEncoder],
+) -> None:
+    """A store's text that is not an event (or an id that would break the frame): the
+    client gets Error and Done carrying the last id sent, so it stops instead of
+    reconnecting for the same batch for ever."""
+    recorder = CompletingRecorder()
+    bad_id = [("r.2\nid: forged", Delta(value="b"))]
+    not_an_event = [("r.2", '{"type":"nonsense"}')]
+    bad = bad_id if encoder is JSONEncoder else not_an_event
+    response = EventStreamResponse.with_ids(batches_of([("r.1", Delta(value="a"))], bad), encoder=encoder())
+    await run(response, recorder)
+    decoded = decode(b"".join(recorder.bodies))
+    assert [parse_event(sse.data) for sse in decoded] == [
+        Delta(value="a"),
+        Error(message="The stream could not be sent.", code="internal_error"),
+        Done(),
+    ]
+    assert [sse.id for sse in decoded] == ["r.1", "r.1", "r.1"]

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import math
+import sys
 from collections.abc import AsyncIterable, Mapping
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
 from streamflow.encoders.base import Encoder, IdPairs, encode_pairs
 from streamflow.encoders.json_events import JSONEncoder
+from streamflow.events import Done, Error, Event
 from streamflow.sse import comment
 from streamflow.sse import retry as retry_field
 
@@ -25,7 +27,10 @@ __all__ = ["EventStreamResponse"]
 logger = logging.getLogger("streamflow")
 
 _PING: Final = comment("ping")
+_DONE: Final = Done()
 _CLOSE_TIMEOUT: Final = 5.0  # seconds a cancelled source gets for its async clean-up
+_LOOK_EVERY: Final = 0.25  # seconds a busy sender goes without looking for a disconnect
+_LOOK_TIMEOUT: Final = 0.001  # seconds a look gives receive() to answer
 _DEFAULT_HEADERS: Final = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -172,8 +177,19 @@ class EventStreamResponse(Response):
         try:
             outbox.put_nowait(self.retry_frame)
             outbox.put_nowait(encoder.open())
+            last_id: str | None = None
             async for batch in pairs:
-                outbox.put_nowait(encode_pairs(encoder, batch))
+                batch = batch if isinstance(batch, list | tuple) else list(batch)
+                try:
+                    outbox.put_nowait(encode_pairs(encoder, batch))
+                except Exception:  # e.g. a store's text that is not an event
+                    logger.exception("streamflow: a batch of the stream could not be encoded")
+                    # Error and Done with the last id sent: the client stops, and does not
+                    # come back for the same batch.
+                    outbox.put_nowait(encode_pairs(encoder, _broken(last_id)))
+                    break
+                if batch:
+                    last_id = batch[-1][0]
                 if outbox.size >= outbox.limit:
                     await outbox.wait_for_space()
             outbox.put_nowait(encoder.close())
@@ -187,20 +203,30 @@ class EventStreamResponse(Response):
         """Send what the producer queues until it finishes, then the end of the body.
 
         The same task watches for the client's disconnect: with nothing to send, it waits
-        in ``receive()`` for ``http.disconnect`` (see :func:`_wait_for_client`). Two tasks
-        per stream, not three: an idle stream costs no more memory than a bare
+        in ``receive()`` for ``http.disconnect`` (see :func:`_wait_for_client`); while it
+        keeps sending (a source that always has its next event ready), it looks at
+        ``receive()`` without waiting every ``_LOOK_EVERY`` seconds, since a server or a
+        middleware may swallow the writes to a client that has gone. Two tasks per
+        stream, not three: an idle stream costs no more memory than a bare
         ``StreamingResponse``.
         """
-        wait = _wait_for_client_asyncio if _on_asyncio() else _wait_for_client
+        native = _asyncio_timeout_works()
+        wait = _wait_for_client_asyncio if native else _wait_for_client
+        looked = anyio.current_time()
         while True:
             if outbox.size:
                 if not await self._send(send, outbox.take(), more_body=True):
                     return
+                if outbox.size and anyio.current_time() - looked >= _LOOK_EVERY:
+                    if await _look(receive):
+                        return  # the client went away: the caller cancels the producer
+                    looked = anyio.current_time()
             elif outbox.finished:
                 break
             else:
                 if not await wait(outbox, receive, self.ping):
                     return  # the client went away: the caller cancels the producer
+                looked = anyio.current_time()
                 ping_due = not (outbox.size or outbox.finished)
                 if ping_due and not await self._send(send, _PING, more_body=True):
                     return
@@ -251,10 +277,26 @@ async def _wait_for_client_asyncio(outbox: _Outbox, receive: Receive, ping: floa
             finally:
                 outbox.waiter = None
     except TimeoutError:
+        if waiter.expired():
+            return True
+        raise  # from receive() itself
+
+
+async def _look(receive: Receive) -> bool:
+    """Whether the client has disconnected, from what ``receive()`` has ready now (or
+    within a millisecond: a middleware's ``receive`` may take a few turns of the loop)."""
+    with anyio.move_on_after(_LOOK_TIMEOUT):
+        while (await receive())["type"] != "http.disconnect":
+            pass
         return True
+    return False
 
 
-def _on_asyncio() -> bool:
+def _asyncio_timeout_works() -> bool:
+    """Whether this task runs on asyncio with an ``asyncio.timeout`` that composes with
+    other cancellations (3.11.3+: gh-102780); otherwise (trio) anyio's cancel scopes."""
+    if sys.version_info < (3, 11, 3):
+        return False
     try:
         asyncio.current_task()
     except RuntimeError:  # no asyncio loop in this thread: trio
@@ -271,6 +313,11 @@ def _raw_headers(media_type: str, headers: tuple[tuple[str, str], ...]) -> tuple
             media_type += "; charset=utf-8"
         headers += (("content-type", media_type),)
     return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+
+
+def _broken(last_id: str | None) -> list[tuple[str, Event | str]]:
+    error = Error(message="The stream could not be sent.", code="internal_error")
+    return [(last_id or "", error), (last_id or "", _DONE)]
 
 
 async def _close(stream: object) -> None:

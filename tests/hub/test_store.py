@@ -285,7 +285,7 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.batches: list[int] = []
 
-    async def append_many(self, run_id: str, events: Sequence[Event]) -> list[str]:
+    async def append_many(self, run_id: str, events: Sequence[Event | str]) -> str | None:
         self.batches.append(len(events))
         return await super().append_many(run_id, events)
 
@@ -319,3 +319,17 @@ async def test_the_hub_appends_ready_events_together_and_never_holds_one_back() 
             Delta(value="second"),
             Done(),
         ]
+
+
+async def test_a_finished_memory_run_holds_only_what_it_retains() -> None:
+    store = MemoryStore(max_events_per_run=10)
+    _, run = await new_run(store)
+    for start in range(0, 25, 5):
+        await store.append_many(run, [Delta(value=str(i)) for i in range(start, start + 5)])
+    await store.finish(run, "finished", final=[Done()])
+    retained = await store.read(run, "16")  # ids 1-25 the deltas, 26 the Done: 17-26 are kept
+    assert [parse_event(data) for _, data in retained] == [
+        *(Delta(value=str(i)) for i in range(16, 25)),
+        Done(),
+    ]
+    assert len(store._runs[run].events) == 10  # the dropped prefix is gone, not merely skipped

@@ -138,7 +138,8 @@ class Store(Protocol):
         self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
     ) -> list[StoredEvent]:
         """Up to ``limit`` events of ``run_id`` appended after the id ``after`` (from the
-        first event when ``None``), in order, as ``(id, JSON)`` pairs.
+        first event when ``None``), in order, as ``(id, JSON)`` pairs: each JSON text
+        exactly as it was appended (the hub recognises a run's ``Done`` by its text).
 
         When there are none yet, wait up to ``block`` seconds for one (``None``: do not
         wait) and return ``[]`` on timeout. Raises :class:`UnknownRunError`,

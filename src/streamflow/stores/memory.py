@@ -217,6 +217,8 @@ class MemoryStore:
         if run.status != "running":
             return False
         self._extend(run, final)
+        del run.events[: run.head]  # a finished run holds only what it retains
+        run.head = 0
         run.status = status
         run.ended_at = time.monotonic()
         self._finished[run_id] = None
