@@ -210,23 +210,26 @@ class EventStreamResponse(Response):
         stream, not three: an idle stream costs no more memory than a bare
         ``StreamingResponse``.
         """
-        native = _asyncio_timeout_works()
-        wait = _wait_for_client_asyncio if native else _wait_for_client
-        looked = anyio.current_time()
+        wait = _wait_for_client_asyncio if _asyncio_timeout_works() else _wait_for_client
+        busy_since: float | None = None  # when the sender last looked at receive(), while busy
         while True:
             if outbox.size:
                 if not await self._send(send, outbox.take(), more_body=True):
                     return
-                if outbox.size and anyio.current_time() - looked >= _LOOK_EVERY:
-                    if await _look(receive):
-                        return  # the client went away: the caller cancels the producer
-                    looked = anyio.current_time()
+                if outbox.size:  # the source refilled it meanwhile: no wait in receive() next
+                    now = anyio.current_time()
+                    if busy_since is None:
+                        busy_since = now
+                    elif now - busy_since >= _LOOK_EVERY:
+                        if await _look(receive):
+                            return  # the client went away: the caller cancels the producer
+                        busy_since = anyio.current_time()
             elif outbox.finished:
                 break
             else:
+                busy_since = None
                 if not await wait(outbox, receive, self.ping):
                     return  # the client went away: the caller cancels the producer
-                looked = anyio.current_time()
                 ping_due = not (outbox.size or outbox.finished)
                 if ping_due and not await self._send(send, _PING, more_body=True):
                     return
