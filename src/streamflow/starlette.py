@@ -109,8 +109,10 @@ class EventStreamResponse(Response):
         merged = {**_DEFAULT_HEADERS}  # later sources win, whatever the case of their names
         for extra in (self.encoder.headers, headers or {}):
             merged.update((name.lower(), value) for name, value in extra.items())
-        # A list of its own (middleware may edit it), of header pairs shared between responses.
-        self.raw_headers = list(_raw_headers(self.media_type, tuple(merged.items())))
+        self.init_headers(merged)
+        # Equal header pairs are shared between responses (each keeps a list of its own, which
+        # middleware may edit): a thousand open streams hold one copy of their header bytes.
+        self.raw_headers = [_shared(pair) for pair in self.raw_headers]
 
     @classmethod
     def with_ids(cls, batches: AsyncIterable[IdPairs], **options: Any) -> EventStreamResponse:
@@ -259,7 +261,7 @@ async def _wait_for_client(outbox: _Outbox, receive: Receive, ping: float | None
     with anyio.CancelScope(deadline=deadline) as waiter:
         outbox.waiter = waiter
         try:
-            while (await receive())["type"] != "http.disconnect":
+            while (await receive())["type"] != "http.disconnect":  # inline: no frame more per idle stream
                 pass
             return False
         finally:
@@ -274,7 +276,7 @@ async def _wait_for_client_asyncio(outbox: _Outbox, receive: Receive, ping: floa
         async with asyncio.timeout(ping) as waiter:
             outbox.waiter = waiter
             try:
-                while (await receive())["type"] != "http.disconnect":
+                while (await receive())["type"] != "http.disconnect":  # inline, as above
                     pass
                 return False
             finally:
@@ -307,15 +309,10 @@ def _asyncio_timeout_works() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=64)
-def _raw_headers(media_type: str, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
-    """What ``Response.init_headers`` makes of these headers, built once per distinct set:
-    a thousand open streams then share their header bytes instead of holding a copy each."""
-    if not any(name == "content-type" for name, _ in headers):
-        if media_type.startswith("text/") and "charset=" not in media_type.lower():
-            media_type += "; charset=utf-8"
-        headers += (("content-type", media_type),)
-    return tuple((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+@functools.lru_cache(maxsize=256)
+def _shared(pair: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The first header pair seen equal to ``pair``."""
+    return pair
 
 
 def _broken(last_id: str | None) -> list[tuple[str, Event | str]]:

@@ -7,7 +7,7 @@ from typing import Protocol, TypeAlias, runtime_checkable
 
 from streamflow.events import Event, parse_event
 
-__all__ = ["Encoder", "IdPairs", "encode_pairs"]
+__all__ = ["Encoder", "IdPairs", "encode_each", "encode_pairs"]
 
 IdPairs: TypeAlias = Sequence[tuple[str, Event | str]]
 """Events of a resumable stream with their ids: ``(id, event)``, an event being an
@@ -65,9 +65,12 @@ def encode_pairs(encoder: Encoder, pairs: IdPairs) -> bytes:
     fast: Callable[[IdPairs], bytes] | None = getattr(encoder, "encode_pairs", None)
     if fast is not None:
         return fast(pairs)
+    return encode_each(encoder, pairs)
+
+
+def encode_each(encoder: Encoder, pairs: IdPairs) -> bytes:
+    """:meth:`Encoder.encode` of each pair's event (parsed when given as JSON)."""
     encode = encoder.encode
-    return b"".join([encode(_event(data), id=id_) for id_, data in pairs])
-
-
-def _event(data: Event | str) -> Event:
-    return parse_event(data) if isinstance(data, str) else data
+    return b"".join(
+        [encode(parse_event(data) if isinstance(data, str) else data, id=id_) for id_, data in pairs]
+    )

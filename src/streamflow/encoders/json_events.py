@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from streamflow.encoders.base import IdPairs, _event
+from streamflow.encoders.base import IdPairs, encode_each
 from streamflow.events import EVENT_TYPES, Event
 from streamflow.sse import frame
 
@@ -68,8 +68,7 @@ class JSONEncoder:
                         return text.encode()
                     except UnicodeEncodeError:
                         pass
-        encode = self.encode
-        return b"".join([encode(_event(data), id=id_) for id_, data in pairs])
+        return encode_each(self, pairs)
 
     def close(self) -> bytes:
         return b""
