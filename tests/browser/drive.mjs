@@ -4,7 +4,10 @@
 // `until`), state (a JS expression: what the test asserts on), screenshot (a path)}.
 // actions, in order: {fill: [selector, text]} | {click: selector} | {press: [selector, key]}
 //   | {waitFor: expression, timeout?} | {screenshot: path} | {sleep: ms} | {evaluate: expression}
-// Prints one JSON object: {name: {finished, requests, pageErrors, consoleErrors, state}}.
+// headers (a regular expression): record the request headers the network stack sent (where
+//   Last-Event-ID is added) for the requests whose URL matches, as {url, headers}.
+// Prints one JSON object: {name: {finished, requests, failedRequests, pageErrors,
+// consoleErrors, state, headers}}.
 import { chromium } from "playwright-core";
 
 const [base, scenariosJson] = process.argv.slice(2);
@@ -33,9 +36,20 @@ async function run(scenario) {
   const context = await browser.newContext({ viewport: { width: 1000, height: 750 } });
   const page = await context.newPage();
   const requests = [];
+  const failedRequests = [];
+  const headers = [];
   const pageErrors = [];
   const consoleErrors = [];
-  page.on("request", (request) => requests.push(request.url()));
+  const recordHeaders = scenario.headers ? new RegExp(scenario.headers) : null;
+  page.on("request", (request) => {
+    requests.push(request.url());
+    if (recordHeaders && recordHeaders.test(request.url())) {
+      headers.push(request.allHeaders().then((sent) => ({ url: request.url(), headers: sent })));
+    }
+  });
+  page.on("requestfailed", (request) => {
+    failedRequests.push({ url: request.url(), failure: request.failure()?.errorText ?? null });
+  });
   page.on("pageerror", (error) => pageErrors.push(String(error)));
   page.on("console", (message) => {
     if (message.type() === "error") consoleErrors.push({ text: message.text(), url: message.location().url });
@@ -58,7 +72,8 @@ async function run(scenario) {
   }
   if (scenario.screenshot) await page.screenshot({ path: scenario.screenshot, fullPage: true });
   await context.close();
-  return [scenario.name, { finished, requests, pageErrors, consoleErrors, state }];
+  const sent = await Promise.all(headers);
+  return [scenario.name, { finished, requests, failedRequests, pageErrors, consoleErrors, state, headers: sent }];
 }
 
 try {

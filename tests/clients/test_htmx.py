@@ -1,6 +1,6 @@
 """HTMXEncoder in a real browser: htmx 2 + htmx-ext-sse (from node_modules) in Debian's chromium.
 
-One uvicorn server and one chromium run (``tests/clients/htmx/drive.mjs``) serve every page;
+One uvicorn server and one chromium run (``tests/browser/drive.mjs``) serve every page;
 the tests assert, in Python, on what the driver read back from each page's DOM:
 
 - the chat fragments are swapped in, in both modes, with the page's text exactly the run's
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from html import escape
@@ -55,18 +53,17 @@ from streamflow import (
     frame,
 )
 from streamflow.encoders.htmx import HTMXEncoder
+from tests.browser import ARTIFACTS, artifact, drive, finished
 from tests.conftest import serve
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "htmx"
-ARTIFACTS = ROOT / "test-artifacts"
 SCRIPTS = {  # what unpkg/jsdelivr would serve ("unpkg" in each package.json), from node_modules
     "htmx.min.js": ROOT / "node_modules/htmx.org/dist/htmx.min.js",
     "sse.min.js": ROOT / "node_modules/htmx-ext-sse/dist/sse.min.js",
 }
-CHROMIUM = Path("/usr/bin/chromium")
 
 # --- the scripted runs -------------------------------------------------------------------
 
@@ -341,7 +338,7 @@ SCENARIOS: list[dict[str, Any]] = [
         "path": chat_page("replace", mode="replace", render="fenced"),
         "until": CLOSED,
         "wait": WAIT_AFTER_DONE,
-        "screenshot": str(ARTIFACTS / "htmx-replace.png"),
+        "screenshot": artifact("htmx-replace.png"),
     },
     {
         "name": "replace-plain",
@@ -354,7 +351,7 @@ SCENARIOS: list[dict[str, Any]] = [
         "path": chat_page("append", mode="append"),
         "until": CLOSED,
         "wait": WAIT_AFTER_DONE,
-        "screenshot": str(ARTIFACTS / "htmx-append.png"),
+        "screenshot": artifact("htmx-append.png"),
     },
     {
         "name": "log",
@@ -367,7 +364,7 @@ SCENARIOS: list[dict[str, Any]] = [
         "path": chat_page("error", mode="append", run="error"),
         "until": CLOSED,
         "wait": WAIT_AFTER_DONE,
-        "screenshot": str(ARTIFACTS / "htmx-error.png"),
+        "screenshot": artifact("htmx-error.png"),
     },
     {  # control: the seed article's unescaped fragments are exploitable
         "name": "article",
@@ -399,7 +396,7 @@ SCENARIOS: list[dict[str, Any]] = [
         ],
         "until": "window.__test.closed >= 2",
         "wait": WAIT_AFTER_DONE,
-        "screenshot": str(ARTIFACTS / "htmx-turns.png"),
+        "screenshot": artifact("htmx-turns.png"),
     },
     {
         "name": "eventsource-json",
@@ -417,36 +414,17 @@ SCENARIOS: list[dict[str, Any]] = [
 @pytest.fixture(scope="module")
 def browser() -> Iterator[dict[str, Any]]:
     """Serve the app, run every scenario in one chromium, return the driver's results."""
-    if shutil.which("node") is None or not CHROMIUM.exists():
-        pytest.skip("needs node and Debian's /usr/bin/chromium")
-    missing = [str(p) for p in [*SCRIPTS.values(), ROOT / "node_modules/playwright-core"] if not p.exists()]
+    missing = [str(p) for p in SCRIPTS.values() if not p.exists()]
     if missing:
         pytest.skip(f"node_modules not installed (npm ci): {missing}")
-    ARTIFACTS.mkdir(exist_ok=True)
     stream_requests.clear()
     turn_prompts.clear()
+    read_state = (HERE / "read_state.js").read_text()
     with serve(app) as base_url:
-        done = subprocess.run(
-            ["node", str(HERE / "drive.mjs"), base_url, json.dumps(SCENARIOS)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        assert done.returncode == 0, f"driver failed:\n{done.stderr}\n{done.stdout}"
-        results: dict[str, Any] = json.loads(done.stdout)
-        for name, result in results.items():
+        results = drive(base_url, [{**scenario, "state": read_state} for scenario in SCENARIOS], timeout=90)
+        for result in results.values():
             result["base_url"] = base_url
-            local = [url for url in result["requests"] if not url.startswith(base_url + "/")]
-            assert local == [], f"{name}: requests that left the test server: {local}"
         yield results
-
-
-def finished(result: dict[str, Any]) -> dict[str, Any]:
-    assert result["finished"], result["pageErrors"]
-    assert result["pageErrors"] == [], result["pageErrors"]
-    state: dict[str, Any] = result["state"]
-    return state
 
 
 def stream_request_count(result: dict[str, Any]) -> int:

@@ -6,7 +6,7 @@ the TCP level (``SO_LINGER`` 0 then ``abort()``: an RST in the middle of the chu
 no ``done``) once it has delivered a dozen deltas. The browser's EventSource reconnects by
 itself with ``Last-Event-ID``; the hub resumes after it. The page must end with the full
 text exactly once, and the server must have seen the second request carry the id of the
-last event the first one delivered. Driven by ``tests/hub/browser/reconnect.mjs``.
+last event the first one delivered. Driven by ``tests/browser/drive.mjs``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,15 +36,17 @@ from streamflow import Delta, Event
 from streamflow.hub import StreamHub
 from streamflow.sse import SSEDecoder
 from streamflow.stores import MemoryStore
+from tests.browser import CHROMIUM, ROOT, artifact, drive
 from tests.conftest import running
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVER = Path(__file__).resolve().parent / "browser" / "reconnect.mjs"
-ARTIFACTS = ROOT / "test-artifacts"
-SCREENSHOT = ARTIFACTS / "hub-reconnect.png"
-CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(artifact("hub-reconnect.png"))
+STATE = """({
+  ...window.__test,
+  text: document.querySelector("#answer").textContent,
+  status: document.querySelector("#status").textContent,
+})"""
 
 COUNT = 40
 DELAY = 0.02
@@ -219,20 +220,25 @@ def test_browser_eventsource_resumes_a_dropped_hub_stream() -> None:
     assert shutil.which("node") is not None, "needs node"
     assert CHROMIUM.exists(), "needs Debian's /usr/bin/chromium"
     assert (ROOT / "node_modules/playwright-core").exists(), "needs node_modules (npm ci)"
-    ARTIFACTS.mkdir(exist_ok=True)
     SCREENSHOT.unlink(missing_ok=True)
+    scenario = {
+        "name": "reconnect",
+        "path": "/",
+        "until": "window.__test && window.__test.done",
+        "timeout": 30000,
+        "wait": 500,  # a closed EventSource must not reconnect meanwhile
+        "state": STATE,
+        "screenshot": str(SCREENSHOT),
+        "headers": STREAM_PATH.pattern,
+    }
     _app, middleware = browser_app()
     with serve_with_server(middleware, middleware) as base_url:
-        done = subprocess.run(
-            ["node", str(DRIVER), base_url, str(SCREENSHOT)],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            cwd=ROOT,
-        )
-        assert done.returncode == 0, done.stderr
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = drive(base_url, [scenario], timeout=90)["reconnect"]
         requests = list(middleware.requests)
+    result["streamRequests"] = [
+        {"url": sent["url"], "lastEventId": sent["headers"].get("last-event-id")}
+        for sent in result["headers"]
+    ]
 
     state = result["state"]
     assert result["finished"], (result, requests)
