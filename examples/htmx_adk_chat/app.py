@@ -13,9 +13,12 @@ Routes:
                                                the session's stream, its latest run then the next);
 - ``GET /static/{file}``                       htmx and htmx-ext-sse, from ``examples/vendor/``.
 
-The first message of a page creates its session: a hub session (unguessable id) and an ADK
-session of the same id, owned by the ADK ``user_id`` of the visitor cookie. The hub's
-``authorize`` hook lets a request read a session only if its cookie's user owns it.
+The first message of a page creates its session: a hub session (unguessable id) whose owner is
+the ADK ``user_id`` of the visitor cookie, and an ADK session of the same id under that user.
+The hub's ``authorize`` hook lets a request read a session only if its cookie's user is the
+session's owner, and ``hub.start(..., owner=...)`` lets a message reach only the sender's own
+session. Someone else's session or run and an unknown one get the same answer (a ``404``): the
+app tells nobody which sessions exist.
 
 Options (a flag wins over its environment variable):
 
@@ -44,12 +47,13 @@ from urllib.parse import quote, urlencode
 
 import uvicorn
 from agent import APP_NAME, DEFAULT_DELAY, build_runner  # the module next to this file
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 
 from streamflow.adapters import from_adk
 from streamflow.encoders.htmx import HTMXEncoder
 from streamflow.hub import BusyPolicy, SessionBusyError, SessionNotFoundError, StreamHub
+from streamflow.stores import SessionInfo
 
 HERE: Final = Path(__file__).resolve().parent
 PAGE: Final = HERE / "index.html"
@@ -59,8 +63,8 @@ COOKIE: Final = "chat_visitor"
 MAX_MESSAGE: Final = 2000
 
 NO_COOKIE: Final = "Your browser sent no chat cookie. Allow cookies for this site and reload the page."
-NOT_YOURS: Final = "This conversation belongs to someone else."
-EXPIRED: Final = "This conversation has expired. Reload the page to start a new one."
+# Someone else's conversation and one that expired (or never was) get this same notice: no oracle.
+UNAVAILABLE: Final = "This conversation is not available. Reload the page to start a new one."
 BUSY: Final = "Still answering your previous message. Send this one when the answer is complete."
 EMPTY: Final = "Write a message first."
 TOO_LONG: Final = f"Your message is too long: at most {MAX_MESSAGE} characters."
@@ -118,15 +122,11 @@ def create_app(
     runner = build_runner(model, delay=delay)
     adk_sessions = runner.session_service
 
-    async def owns(request: Request, session_id: str) -> bool:
-        """The hub's ``authorize`` hook: does the cookie's user own this session? The session id
-        alone (it is in URLs, logs, the page) is no proof: ADK keeps each session under its user."""
+    def owns(request: Request, session: SessionInfo) -> bool:
+        """The hub's ``authorize`` hook: is the cookie's user this session's owner? The session id
+        alone (it is in URLs, logs, the page) is no proof: the hub keeps each session's owner."""
         token = visitor(request)
-        if token is None:
-            return False
-        user = user_id(token)
-        found = await adk_sessions.get_session(app_name=APP_NAME, user_id=user, session_id=session_id)
-        return found is not None
+        return token is not None and session.owner == user_id(token)
 
     # One run per session at a time; each response gets its own encoder. Append mode, because a
     # reconnection resumes after Last-Event-ID: each fragment adds to the text, none replaces it.
@@ -161,29 +161,28 @@ def create_app(
         user = user_id(token)
         new_session = not session
         if new_session:  # the page's first message: its conversation starts here
-            session = await hub.create_session()
+            session = await hub.create_session(owner=user)
             await adk_sessions.create_session(app_name=APP_NAME, user_id=user, session_id=session)
-        elif not await hub.session_exists(session):
-            return notice(404, EXPIRED)
-        elif not await owns(request, session):
-            return notice(403, NOT_YOURS)
         agent_run = from_adk(runner, user_id=user, session_id=session, new_message=text)
         try:
-            run = await hub.start(session, agent_run)  # busy="queue": waits for the answer in progress
+            # `owner`: someone else's session is refused exactly as an unknown one, before anything
+            # runs (and before the busy check). busy="queue": waits for the answer in progress.
+            run = await hub.start(session, agent_run, owner=user)
         except SessionBusyError:
             return notice(409, BUSY)
         except SessionNotFoundError:
-            return notice(404, EXPIRED)
+            return notice(404, UNAVAILABLE)
         return HTMLResponse(turn(session, run, text, new_session=new_session))
 
     @app.get("/sessions/{session_id}/stream")
     async def stream(request: Request, session_id: str, run: str | None = None) -> Response:
-        # 404 for an unknown session, 403 (the authorize hook) for someone else's.
+        # Someone else's session or run (the authorize hook) and an unknown one: the same 404, the
+        # hub's HTTPException, so that nobody learns which sessions and runs exist.
         if run is None:
             return await hub.response(request, session_id)
         info = await hub.store.run_info(run)
         if info is None or info.session_id != session_id:
-            return PlainTextResponse("unknown run", status_code=404)
+            raise HTTPException(status_code=404)  # a run, but not of this session: as the hub's 404
         return await hub.response(request, run_id=run)
 
     @app.get("/static/{name}")

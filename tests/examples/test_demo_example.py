@@ -510,7 +510,7 @@ async def test_session_and_run_errors(slow_demo: str) -> None:
     assert unknown_run.status_code == 404
     assert bad_format.status_code == 422
     assert foreign.events == [
-        Error(message="The Last-Event-ID belongs to another stream.", code="invalid_event_id"),
+        Error(message="The events after Last-Event-ID are not available.", code="replay_unavailable"),
         Done(),
     ]
     assert foreign.ids == ["", ""]  # the browser's next reconnection starts afresh

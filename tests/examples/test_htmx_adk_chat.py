@@ -8,8 +8,8 @@ an httpx client with its own cookie jar, as each browser has its own cookie. The
   fragments: the tool call and its result, the text (an answer line break is a real one: a
   multi-line ``data:``, never ``<br/>``), the end, ``done``; with ``run.N`` ids, resumable;
 - two visitors chatting at the same time each get exactly their own answer;
-- another visitor's session or run is refused (403), an unknown one is 404, and so are messages
-  to them; a visitor without the cookie is refused;
+- another visitor's session or run gets exactly the answer of an unknown one (404, the same
+  bytes: no oracle), and so do messages to them; a visitor without the cookie is refused;
 - markup typed by the user, repeated by the model, or passed to the tool is escaped everywhere;
 - a message while an answer is streaming is refused with a notice (``busy="reject"``), or waits
   for the answer to end (``--busy queue``);
@@ -96,8 +96,8 @@ TOKYO_ANSWER = "In Tokyo it is 17 °C, light rain.\nWind: 20 km/h."
 
 NOTICE = '<p class="notice" role="alert">{}</p>\n'
 BUSY = "Still answering your previous message. Send this one when the answer is complete."
-NOT_YOURS = "This conversation belongs to someone else."
-EXPIRED = "This conversation has expired. Reload the page to start a new one."
+UNAVAILABLE = "This conversation is not available. Reload the page to start a new one."
+NOT_FOUND = '{"detail":"Not Found"}'  # FastAPI's answer to the hub's HTTPException(404)
 NO_COOKIE = "Your browser sent no chat cookie. Allow cookies for this site and reload the page."
 
 
@@ -224,6 +224,11 @@ async def read(
         events = events[:limit]
     assert decoder.retry == 1000
     return events, raw
+
+
+def answer(response: httpx.Response) -> tuple[int, str | None, bytes]:
+    """What a refusal tells: its status, content type and body."""
+    return response.status_code, response.headers.get("content-type"), response.content
 
 
 def fragments(events: list[ServerSentEvent]) -> list[tuple[str, str]]:
@@ -464,14 +469,30 @@ async def test_another_visitors_session_is_refused(chat: str) -> None:
         post_without_cookie = await nobody.post("weather in Cairo", session=alice.session)
         async with httpx.AsyncClient(base_url=chat, cookies={"chat_visitor": "x" * 43}) as forger:
             forged = await forger.get(turn.stream)  # a well-formed cookie of no one
+        # What Mallory gets for sessions and runs that do not exist, to compare.
+        unknown = {
+            "session stream": await mallory.http.get("/sessions/no-such-session/stream"),
+            "run stream": await mallory.http.get(f"/sessions/{alice.session}/stream?run=no-such-run"),
+            "own session, unknown run": await mallory.http.get(
+                f"/sessions/{mallory.session}/stream?run=no-such-run"
+            ),
+            "post": await mallory.post("weather in Cairo", session="no-such-session"),
+        }
         alice_stream = await read_all(alice.http, turn.stream)
 
     for what, response in refused.items():
-        assert (what, response.status_code, response.text) == (what, 403, "forbidden")
-    assert forged.status_code == 403
-    assert (post.status_code, post.text) == (403, NOTICE.format(NOT_YOURS))
+        assert (what, response.status_code, response.text) == (what, 404, NOT_FOUND)
+    assert (forged.status_code, forged.text) == (404, NOT_FOUND)
+    assert (post.status_code, post.text) == (404, NOTICE.format(UNAVAILABLE))
     assert (post_without_cookie.status_code, post_without_cookie.text) == (403, NOTICE.format(NO_COOKIE))
     assert alice_stream == PARIS_STREAM, "nothing of Mallory's reached Alice's session"
+    # No oracle: a refused session or run and an unknown one are answered byte for byte the same.
+    assert answer(refused["session stream"]) == answer(unknown["session stream"])
+    assert answer(refused["session stream"]) == (404, "application/json", NOT_FOUND.encode())
+    for refusal in (refused["run stream"], refused["no cookie"], forged):
+        assert answer(refusal) == answer(unknown["run stream"]) == answer(unknown["own session, unknown run"])
+    assert answer(post) == answer(unknown["post"])
+    assert answer(post) == (404, "text/html; charset=utf-8", NOTICE.format(UNAVAILABLE).encode())
 
 
 async def test_an_unknown_session_or_run_is_404(chat: str) -> None:
@@ -486,10 +507,11 @@ async def test_an_unknown_session_or_run_is_404(chat: str) -> None:
         await read_all(alice.http, turn.stream)
         await read_all(bob.http, bob_turn.stream)
 
-    assert (unknown_session.status_code, unknown_session.text) == (404, "unknown session")
-    assert (unknown_run.status_code, unknown_run.text) == (404, "unknown run")
-    assert (run_of_another_session.status_code, run_of_another_session.text) == (404, "unknown run")
-    assert (post.status_code, post.text) == (404, NOTICE.format(EXPIRED))
+    assert (unknown_session.status_code, unknown_session.text) == (404, NOT_FOUND)
+    assert (unknown_run.status_code, unknown_run.text) == (404, NOT_FOUND)
+    assert (run_of_another_session.status_code, run_of_another_session.text) == (404, NOT_FOUND)
+    assert answer(run_of_another_session) == answer(unknown_run) == answer(unknown_session)
+    assert (post.status_code, post.text) == (404, NOTICE.format(UNAVAILABLE))
 
 
 # --- the busy policy -------------------------------------------------------------------------------
