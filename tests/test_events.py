@@ -124,6 +124,7 @@ def test_json_schema_covers_every_event_type() -> None:
         "done",
         "tool_call",
         "tool_result",
+        "gap",
     }
     json.dumps(schema)  # serializable as is
     schema["$defs"].clear()

@@ -25,6 +25,7 @@ __all__ = [
     "Error",
     "Event",
     "EventType",
+    "Gap",
     "ProtocolError",
     "StepEnd",
     "StepStart",
@@ -152,6 +153,14 @@ class Done(_EventBase):
         return _DONE_JSON
 
 
+class Gap(_EventBase):
+    """Events of this run before this point are not in the stream: a reader that joined a
+    long run after its retention dropped its first events starts from the first retained
+    one, after a ``gap``. Text before it is missing; what follows is the run, live."""
+
+    type: Literal["gap"] = "gap"
+
+
 class ToolCall(_EventBase):
     """The agent called tool ``name`` with ``arguments``; ``id`` pairs it with its result."""
 
@@ -177,13 +186,13 @@ class ToolResult(_EventBase):
 
 
 Event: TypeAlias = Annotated[
-    StepStart | Delta | StepEnd | ChatHistory | Error | Done | ToolCall | ToolResult,
+    StepStart | Delta | StepEnd | ChatHistory | Error | Done | ToolCall | ToolResult | Gap,
     Field(discriminator="type"),
 ]
 """Any streamflow event, discriminated on ``type``."""
 
 EventType: TypeAlias = Literal[
-    "step_start", "delta", "step_end", "chat_history", "error", "done", "tool_call", "tool_result"
+    "step_start", "delta", "step_end", "chat_history", "error", "done", "tool_call", "tool_result", "gap"
 ]
 
 EVENT_TYPES: Final[dict[str, type[_EventBase]]] = {
@@ -195,9 +204,10 @@ EVENT_TYPES: Final[dict[str, type[_EventBase]]] = {
     "done": Done,
     "tool_call": ToolCall,
     "tool_result": ToolResult,
+    "gap": Gap,
 }
 
-EVENT_CLASSES: Final = (StepStart, Delta, StepEnd, ChatHistory, Error, Done, ToolCall, ToolResult)
+EVENT_CLASSES: Final = (StepStart, Delta, StepEnd, ChatHistory, Error, Done, ToolCall, ToolResult, Gap)
 
 _json_string = encode_basestring
 _DELTA_PREFIX: Final = '{"type":"delta","value":'

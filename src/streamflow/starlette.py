@@ -54,8 +54,9 @@ class EventStreamResponse(Response):
       :func:`~streamflow.adapters.iterable.expose_exception`), then ``Done``; every event
       before it is delivered. A source's stream always ends with exactly one ``Done``
       (one made by :meth:`with_ids` ends as its pairs do).
-    - ``send_timeout``: a client that has not taken a write within that many seconds is
-      dropped (and the source cancelled) instead of holding the stream open.
+    - ``send_timeout``: a client that has not taken a write within that many seconds (30
+      by default; ``None``: never) is dropped and the source cancelled, instead of holding
+      the stream, its buffers and a paused agent open for ever.
     - Events that are ready together go out in one write; an event is never held back
       waiting for the next. ``buffer_size`` bounds the bytes queued for a slow client
       before the source is paused.
@@ -77,7 +78,7 @@ class EventStreamResponse(Response):
         *,
         encoder: Encoder | None = None,
         ping: float | None = 15.0,
-        send_timeout: float | None = None,
+        send_timeout: float | None = 30.0,
         on_error: ErrorHandler = hide_exception,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
@@ -184,12 +185,10 @@ class EventStreamResponse(Response):
                 batch = batch if isinstance(batch, list | tuple) else list(batch)
                 try:
                     outbox.put_nowait(encode_pairs(encoder, batch))
-                except Exception:  # e.g. a store's text that is not an event
-                    logger.exception("streamflow: a batch of the stream could not be encoded")
-                    # Error and Done with the last id sent: the client stops, and does not
-                    # come back for the same batch.
-                    outbox.put_nowait(encode_pairs(encoder, _broken(last_id)))
-                    break
+                except Exception:  # e.g. a store's text that is not an event: find which
+                    broken = _put_each(outbox, encoder, batch, last_id)
+                    if broken:
+                        break
                 if batch:
                     last_id = batch[-1][0]
                 if outbox.size >= outbox.limit:
@@ -313,6 +312,22 @@ def _asyncio_timeout_works() -> bool:
 def _shared(pair: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     """The first header pair seen equal to ``pair``."""
     return pair
+
+
+def _put_each(outbox: _Outbox, encoder: Encoder, batch: IdPairs, last_id: str | None) -> bool:
+    """Encode ``batch`` pair by pair up to the one the encoder cannot write, which ends the
+    stream with ``Error`` and ``Done`` carrying the last id sent: the client keeps every
+    event before it (its batch-mates included), stops, and does not come back for it.
+    Whether one could not be written."""
+    for pair in batch:
+        try:
+            outbox.put_nowait(encode_pairs(encoder, (pair,)))
+        except Exception:
+            logger.exception("streamflow: an event of the stream could not be encoded")
+            outbox.put_nowait(encode_pairs(encoder, _broken(last_id)))
+            return True
+        last_id = pair[0]
+    return False
 
 
 def _broken(last_id: str | None) -> list[tuple[str, Event | str]]:

@@ -28,6 +28,7 @@ from streamflow.events import (
     Done,
     Error,
     Event,
+    Gap,
     ProtocolError,
     StepEnd,
     StepStart,
@@ -108,6 +109,7 @@ def events() -> st.SearchStrategy[Event]:
         st.just(Done()),
         st.builds(ToolCall, id=text, name=text, arguments=arguments, step=optional),
         st.builds(ToolResult, id=text, output=json_values(), is_error=st.booleans(), step=optional),
+        st.just(Gap()),
     ]
     return st.one_of(strategies)
 

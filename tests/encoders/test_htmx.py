@@ -30,6 +30,7 @@ from streamflow import (
     Error,
     Event,
     EventStreamResponse,
+    Gap,
     StepEnd,
     StepStart,
     ToolCall,
@@ -234,6 +235,9 @@ def check_stream(encoder: HTMXEncoder, evs: Sequence[Event]) -> list[ServerSentE
                 assert sse.event == encoder.names["message"]
                 assert parse_fragment(sse.data) == (el("div", "sf-message", text),)
             out.append(sse)
+            continue
+        if isinstance(event, Gap):
+            assert frames == [], "a gap shows nothing: the page renders what follows"
             continue
         expected = expected_fragment(event, encoder, tools)
         [sse] = frames

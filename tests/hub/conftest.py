@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -69,23 +70,43 @@ class Control:
         return table.setdefault(name, threading.Event())
 
 
+class CustomAbort(BaseException):
+    """A BaseException of a library's own (not an Exception)."""
+
+
+FAILURES: dict[str, Callable[[], BaseException]] = {
+    "RuntimeError": lambda: RuntimeError("secret prompt text"),
+    "GeneratorExit": lambda: GeneratorExit("secret prompt text"),
+    "CustomAbort": lambda: CustomAbort("secret prompt text"),
+    "CancelledError": lambda: asyncio.CancelledError("an SDK's future, cancelled under the source"),
+}
+
+
 def make_source(params: dict[str, str], control: Control) -> AsyncIterator[Any]:
     """``n`` deltas ``prefix + i`` (``delay`` s apart); ``endless=1`` never ends; the source
-    reports its start and its ``finally`` under ``name``."""
+    reports its start and its ``finally`` under ``name``. ``size`` pads each delta to that
+    many characters; ``bad_at=i`` makes delta ``i`` a lone surrogate (no store or client
+    can carry it); ``fail=<name of FAILURES>`` raises that after the deltas."""
     count = int(params.get("n", "10"))
     delay = float(params.get("delay", "0"))
     prefix = params.get("prefix", "")
     name = params.get("name", "")
     endless = params.get("endless") == "1"
+    size = int(params.get("size", "0"))
+    bad_at = int(params.get("bad_at", "-1"))
+    fail = params.get("fail")
 
     async def source() -> AsyncIterator[Any]:
         control.event(control.started, name).set()
         try:
             i = 0
             while endless or i < count:
-                yield f"{prefix}{i}"
+                text = "\ud800" if i == bad_at else f"{prefix}{i}"
+                yield text.ljust(size, ".")
                 i += 1
                 await anyio.sleep(delay)
+            if fail is not None:
+                raise FAILURES[fail]()
         finally:
             control.event(control.finalized, name).set()
 
@@ -94,7 +115,8 @@ def make_source(params: dict[str, str], control: Control) -> AsyncIterator[Any]:
 
 def hub_app(hub: StreamHub, control: Control) -> Starlette:
     async def new_session(request: Request) -> Response:
-        return JSONResponse({"session": await hub.create_session()})
+        options = await request.json() if await request.body() else {}
+        return JSONResponse({"session": await hub.create_session(**options)})
 
     async def post_message(request: Request) -> Response:
         session = request.path_params["session"]
@@ -113,6 +135,13 @@ def hub_app(hub: StreamHub, control: Control) -> Starlette:
     async def run_stream(request: Request) -> Response:
         return await hub.response(request, run_id=request.path_params["run"])
 
+    async def run_info(request: Request) -> Response:
+        info = await hub.store.run_info(request.path_params["run"])
+        return JSONResponse(None if info is None else {"status": info.status, "session": info.session_id})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse({"runs": len(hub._runs), "new_run": len(hub._new_run), "locks": len(hub._locks)})
+
     async def shutdown(request: Request) -> Response:
         hub.shutdown()
         return JSONResponse({})
@@ -123,6 +152,8 @@ def hub_app(hub: StreamHub, control: Control) -> Starlette:
             Route("/sessions/{session}/messages", post_message, methods=["POST"]),
             Route("/sessions/{session}/stream", session_stream),
             Route("/runs/{run}/stream", run_stream),
+            Route("/runs/{run}/info", run_info),
+            Route("/stats", stats),
             Route("/shutdown", shutdown, methods=["POST"]),
         ],
         lifespan=hub.lifespan,
@@ -143,8 +174,9 @@ class Served:
     control: Control
     hub: StreamHub
 
-    def session(self) -> str:
-        response = self.http.post(f"{self.url}/sessions")
+    def session(self, **options: Any) -> str:
+        """A new session (``options``: ``owner=``, ``metadata=``)."""
+        response = self.http.post(f"{self.url}/sessions", json=options or None)
         response.raise_for_status()
         session: str = response.json()["session"]
         return session

@@ -15,11 +15,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.requests import Request
 
 from streamflow import Delta, Done, Error, NamedEventEncoder, VercelAIEncoder, parse_event
 from streamflow.hub import StreamHub
 from streamflow.sse import SSEDecoder
-from streamflow.stores import MemoryStore
+from streamflow.stores import MemoryStore, SessionInfo
 from tests.conftest import free_port
 from tests.hub.conftest import Served, deltas
 
@@ -158,14 +159,27 @@ def test_unknown_session_and_run_are_404(make_served: MakeServed) -> None:
     assert served.post("nope", n=1).status_code == 404
 
 
-def test_authorize_hook_refuses_a_reader(make_served: MakeServed) -> None:
-    def authorize(request: object, session_id: str) -> bool:
-        return getattr(request, "headers", {}).get("x-user") == "owner"
+def test_authorize_hook_refuses_a_reader_as_if_the_session_did_not_exist(make_served: MakeServed) -> None:
+    seen: list[SessionInfo] = []
+
+    def authorize(request: Request, session: SessionInfo) -> bool:
+        seen.append(session)
+        return request.headers.get("x-user") == session.owner
 
     served = make_served(authorize=authorize)
-    session = served.session()
+    session = served.session(owner="owner", metadata={"plan": "pro"})
     served.start(session, n=2)
-    assert served.read(f"/sessions/{session}/stream").status == 403
+    refused = served.http.get(f"{served.url}/sessions/{session}/stream")
+    unknown = served.http.get(f"{served.url}/sessions/{'x' * len(session)}/stream")
+    # No oracle: a session the caller may not read and one that does not exist look the same.
+    assert (refused.status_code, refused.headers["content-type"], refused.content) == (
+        unknown.status_code,
+        unknown.headers["content-type"],
+        unknown.content,
+    )
+    assert refused.status_code == 404
+    assert seen[0] == SessionInfo(session, "owner", {"plan": "pro"}, seen[0].created_at)
+    assert seen[0].created_at > 0
     served.http.headers["x-user"] = "owner"
     assert served.read(f"/sessions/{session}/stream").events == [*deltas("", 2), Done()]
 
@@ -182,7 +196,8 @@ def test_authorize_hook_refuses_a_reader(make_served: MakeServed) -> None:
         (lambda run, other: f"{run}.-1", "invalid_event_id"),
         (lambda run, other: f"{run}.999999", "invalid_event_id"),  # never issued
         (lambda run, other: f"{run}.1\u00e9", "invalid_event_id"),
-        (lambda run, other: f"{other}.1", "invalid_event_id"),  # another session's run
+        # Another session's run and a run that does not exist: the same answer (no oracle).
+        (lambda run, other: f"{other}.1", "replay_unavailable"),
         (lambda run, other: "unknownrun.1", "replay_unavailable"),
     ],
 )
@@ -214,7 +229,7 @@ def test_a_foreign_id_on_a_run_stream_is_refused(make_served: MakeServed) -> Non
     second = served.start(session, n=2)
     bad = served.read(f"/runs/{second}/stream", last_id=f"{first}.1")
     assert isinstance(bad.events[0], Error)
-    assert bad.events[0].code == "invalid_event_id"
+    assert bad.events[0].code == "replay_unavailable"
 
 
 # --- retention ------------------------------------------------------------------------------

@@ -28,13 +28,35 @@ async def iterate_in_thread(iterable: Iterable[T]) -> AsyncGenerator[T, None]:
         return
     iterator: Iterator[T] = iter(iterable)
     try:
-        while (item := await anyio.to_thread.run_sync(next, iterator, _END)) is not _END:
+        while (item := await anyio.to_thread.run_sync(_advance, iterator)) is not _END:
+            if type(item) is _Raised:
+                raise item.exc  # raised here, in this frame (see _advance)
             yield item
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close)
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _advance(iterator: Iterator[T]) -> T | object:
+    """``next(iterator, _END)``, in a worker thread. A ``BaseException`` that is not an
+    ``Exception`` (``GeneratorExit``, a custom one) comes back as a value: asyncio would throw
+    it into the awaiting task, and a ``GeneratorExit`` thrown into a chain of awaits closes
+    the generators on the way instead of reaching their ``except`` clauses."""
+    try:
+        return next(iterator, _END)
+    except Exception:
+        raise
+    except BaseException as exc:
+        return _Raised(exc)
 
 
 def suspended_chain(outer: object, *, inside: str) -> list[types.AsyncGeneratorType[Any, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from collections.abc import (
@@ -13,6 +14,8 @@ from collections.abc import (
 )
 from typing import Any, Final, TypeAlias
 
+import anyio
+
 from streamflow.adapters._generators import iterate_in_thread
 from streamflow.events import EVENT_CLASSES, Delta, Done, Error, Event, StepEnd, StepStart, parse_event
 
@@ -21,6 +24,7 @@ __all__ = [
     "InvalidItemError",
     "Item",
     "Source",
+    "SourceAbortedError",
     "expose_exception",
     "from_iterable",
     "hide_exception",
@@ -103,8 +107,9 @@ _WELL_FORMED: weakref.WeakSet[object] = weakref.WeakSet()
 
 async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerator[Event, None]:
     items = aiter(source) if isinstance(source, AsyncIterable) else iterate_in_thread(source)
-    failure: Exception | None = None
+    failure: BaseException | None = None
     open_steps: list[str] = []  # to name the failing step in an Error
+    at_yield = False  # a BaseException arriving at our yield is the consumer's (aclose), not the source's
     try:
         async for item in items:
             event = _to_event(item)
@@ -122,15 +127,21 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
                 break
             elif type(event) is Done:
                 break
+            at_yield = True
             try:
                 yield event
             except Exception:  # thrown in by the consumer: this event never reached the client
                 if type(event) is StepStart:
                     open_steps.pop()
                 raise
+            at_yield = False
             del event
     except Exception as exc:
         if on_error is None:
+            raise
+        failure = exc
+    except BaseException as exc:
+        if at_yield or on_error is None or not is_failure(exc):
             raise
         failure = exc
     finally:
@@ -145,11 +156,50 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
         try:
             yield error
         except Exception:  # thrown in by the consumer: it cannot write this Error (e.g. its text)
-            yield _with_step(hide_exception(failure), open_steps)
+            yield _with_step(hide_exception(as_exception(failure)), open_steps)
     yield _DONE
 
 
-async def _close(items: AsyncIterable[Item]) -> Exception | None:
+def is_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a source, is that source's failure (to end its stream with
+    an ``Error``) rather than something to let through: ``KeyboardInterrupt`` and
+    ``SystemExit``, and the cancellation of the task that runs the stream (a disconnect, a
+    shutdown, a policy). Every other exception fails the source: an ``Exception``,
+    ``GeneratorExit``, a custom ``BaseException``, and a ``CancelledError`` the source
+    raised on its own (an SDK's future cancelled under it) while nobody cancelled us."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no asyncio loop here (trio): asyncio's cancellation is foreign
+            return True
+        return task is None or not task.cancelling()
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_failure(inner) for inner in exc.exceptions)
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except Exception:  # no async library running
+        return True
+    return not isinstance(exc, cancelled)  # trio.Cancelled: only trio raises it, for our scopes
+
+
+class SourceAbortedError(RuntimeError):
+    """A source raised a ``BaseException`` that is not an ``Exception`` (``GeneratorExit``, a
+    custom one, a ``CancelledError`` of its own): what ``on_error`` receives for it, with the
+    original as its ``__cause__``."""
+
+
+def as_exception(exc: BaseException) -> Exception:
+    """``exc`` as an ``Exception`` an :data:`ErrorHandler` can take."""
+    if isinstance(exc, Exception):
+        return exc
+    wrapped = SourceAbortedError(f"the source raised {type(exc).__name__}")
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+async def _close(items: AsyncIterable[Item]) -> BaseException | None:
     """Close the source; an exception its clean-up raises is logged and returned, so that the
     stream still ends with an Error and Done (or, if the consumer is closing it, ends)."""
     aclose = getattr(items, "aclose", None)
@@ -158,6 +208,11 @@ async def _close(items: AsyncIterable[Item]) -> Exception | None:
     try:
         await aclose()
     except Exception as exc:
+        logger.error("streamflow: the source failed while being closed", exc_info=exc)
+        return exc
+    except BaseException as exc:
+        if not is_failure(exc):
+            raise
         logger.error("streamflow: the source failed while being closed", exc_info=exc)
         return exc
     return None
@@ -177,7 +232,8 @@ def _with_step(error: Error, open_steps: list[str]) -> Error:
     return error
 
 
-def _error_event(on_error: ErrorHandler | None, exc: Exception) -> Error:
+def _error_event(on_error: ErrorHandler | None, failure: BaseException) -> Error:
+    exc = as_exception(failure)
     if on_error is not None:
         try:
             error = on_error(exc)

@@ -60,6 +60,7 @@ from streamflow.events import (
     Done,
     Error,
     Event,
+    Gap,
     StepEnd,
     StepStart,
     ToolCall,
@@ -198,6 +199,8 @@ class HTMXEncoder:
         if type(event) is Done:
             self._done = True
             return frame("", event=self.names["done"], id=id)
+        if type(event) is Gap:  # nothing to show: the page renders what follows
+            return b""
         raise TypeError(f"HTMXEncoder cannot encode {event!r}")  # pragma: no cover - the union is closed
 
     def close(self) -> bytes:

@@ -23,9 +23,11 @@ Errors are typed so the hub can answer a reader precisely:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
+
+from pydantic import JsonValue
 
 from streamflow.events import Event
 
@@ -35,6 +37,7 @@ __all__ = [
     "RunFinishedError",
     "RunInfo",
     "RunStatus",
+    "SessionInfo",
     "Store",
     "StoreError",
     "StoredEvent",
@@ -61,7 +64,16 @@ class InvalidEventIdError(StoreError, ValueError):
 
 
 class ReplayUnavailableError(StoreError):
-    """The events after this id were dropped by retention; they cannot be replayed."""
+    """The events after this id were dropped by retention; they cannot be replayed.
+
+    ``resume_after`` is the id after which the run's retained events begin, when the store
+    knows it: a reader that accepts the gap (a new reader of a long run) reads on from
+    there.
+    """
+
+    def __init__(self, message: str, *, resume_after: str | None = None) -> None:
+        super().__init__(message)
+        self.resume_after = resume_after
 
 
 class RunFinishedError(StoreError):
@@ -84,6 +96,22 @@ def wire_json(events: Sequence[Event | str]) -> list[str]:
     JSON already (the hub converts its events as they are produced, so that a batch waiting
     for the store holds strings, not objects for the garbage collector to scan)."""
     return [event if isinstance(event, str) else event.to_json() for event in events]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What a store knows about a session: who owns it and what the app attached to it.
+
+    ``owner`` and ``metadata`` are the app's, given to
+    :meth:`StreamHub.create_session() <streamflow.hub.StreamHub.create_session>`; the
+    hub's ``authorize`` hook receives them, so that it needs no store of its own.
+    ``metadata`` is JSON (it crosses replicas through the store).
+    """
+
+    session_id: str
+    owner: str | None = None
+    metadata: Mapping[str, JsonValue] = field(default_factory=dict)
+    created_at: float = 0.0  # time.time() at creation
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +139,20 @@ class Store(Protocol):
     configuration, applied by the store itself (timers, ``MAXLEN``, TTLs).
     """
 
-    async def create_session(self, session_id: str) -> None:
-        """Record a session (its id is made by the hub, unguessable). Idempotent."""
+    async def create_session(
+        self, session_id: str, *, owner: str | None = None, metadata: Mapping[str, JsonValue] | None = None
+    ) -> None:
+        """Record a session (its id is made by the hub, unguessable) with its ``owner`` and
+        ``metadata`` (JSON). Idempotent: a second call keeps what the first recorded."""
         ...
 
     async def session_exists(self, session_id: str) -> bool:
-        """Whether ``session_id`` was created and has not expired."""
+        """Whether ``session_id`` was created and has not expired (a use extends its life)."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionInfo | None:
+        """The session's owner and metadata, or ``None`` when it was never created or has
+        expired (a use extends its life, as :meth:`session_exists` does)."""
         ...
 
     async def create_run(self, session_id: str, *, producer: str, lease: float) -> str:
@@ -144,7 +180,9 @@ class Store(Protocol):
         When there are none yet, wait up to ``block`` seconds for one (``None``: do not
         wait) and return ``[]`` on timeout. Raises :class:`UnknownRunError`,
         :class:`InvalidEventIdError` (malformed or foreign ``after``) or
-        :class:`ReplayUnavailableError` (events after ``after`` were dropped).
+        :class:`ReplayUnavailableError` (events after ``after``, or from the first when
+        ``after`` is ``None``, were dropped; its ``resume_after`` names where the retained
+        ones begin).
         """
         ...
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import anyio
+from pydantic import JsonValue
 
 from streamflow.events import Event
 from streamflow.stores.base import (
@@ -17,6 +19,7 @@ from streamflow.stores.base import (
     RunFinishedError,
     RunInfo,
     RunStatus,
+    SessionInfo,
     StoredEvent,
     UnknownRunError,
     wire_json,
@@ -101,7 +104,8 @@ class MemoryStore:
         self.session_ttl = session_ttl
         self._runs: dict[str, _Run] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()  # finished run ids, oldest first
-        self._sessions: dict[str, float] = {}  # session id -> last use (monotonic)
+        # Sessions, least recently used first: expiry looks at the front only (O(1) amortised).
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._latest: dict[str, str] = {}  # session id -> its latest run id
 
     # --- retention ------------------------------------------------------------------
@@ -117,10 +121,31 @@ class MemoryStore:
             del self._runs[run_id]
             if self._latest.get(run.session_id) == run_id:
                 del self._latest[run.session_id]
-        if len(self._sessions) > 64:  # amortised: sessions are only scanned when there are many
-            for session_id, used in list(self._sessions.items()):
-                if now - used >= self.session_ttl and not self._busy(session_id):
-                    del self._sessions[session_id]
+        sessions = self._sessions
+        while sessions:  # each session is looked at once per expiry: O(1) amortised
+            session_id, session = next(iter(sessions.items()))
+            if now - session.used < self.session_ttl:
+                break
+            if self._busy(session_id):  # a running run keeps its session: used now
+                session.used = now
+                sessions.move_to_end(session_id)
+            else:
+                del sessions[session_id]
+                self._latest.pop(session_id, None)
+
+    def _use(self, session_id: str) -> _Session | None:
+        """The live session, marked used now; ``None`` when unknown or expired."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        now = time.monotonic()
+        if now - session.used >= self.session_ttl and not self._busy(session_id):
+            del self._sessions[session_id]
+            self._latest.pop(session_id, None)
+            return None
+        session.used = now
+        self._sessions.move_to_end(session_id)
+        return session
 
     def _busy(self, session_id: str) -> bool:
         run_id = self._latest.get(session_id)
@@ -137,27 +162,34 @@ class MemoryStore:
 
     # --- the Store protocol -----------------------------------------------------------
 
-    async def create_session(self, session_id: str) -> None:
+    async def create_session(
+        self, session_id: str, *, owner: str | None = None, metadata: Mapping[str, JsonValue] | None = None
+    ) -> None:
         self._prune()
-        self._sessions[session_id] = time.monotonic()
+        if self._use(session_id) is None:
+            # A copy through JSON: what a caller mutates later is not the session's, and the
+            # metadata is what a RedisStore would give back.
+            kept = json.loads(json.dumps(dict(metadata))) if metadata else {}
+            info = SessionInfo(session_id, owner, kept, time.time())
+            self._sessions[session_id] = _Session(info, time.monotonic())
 
     async def session_exists(self, session_id: str) -> bool:
-        used = self._sessions.get(session_id)
-        if used is None:
-            return False
-        now = time.monotonic()
-        if now - used >= self.session_ttl and not self._busy(session_id):
-            del self._sessions[session_id]
-            return False
-        self._sessions[session_id] = now
-        return True
+        return self._use(session_id) is not None
+
+    async def get_session(self, session_id: str) -> SessionInfo | None:
+        session = self._use(session_id)
+        return None if session is None else session.info
 
     async def create_run(self, session_id: str, *, producer: str, lease: float) -> str:
         self._prune()
         run_id = secrets.token_urlsafe(12)
         self._runs[run_id] = _Run(run_id, session_id, producer, lease)
         self._latest[session_id] = run_id
-        self._sessions[session_id] = time.monotonic()
+        session = self._sessions.get(session_id)
+        if session is None:  # a run of a session the hub did not create here: keep it as one
+            session = self._sessions[session_id] = _Session(SessionInfo(session_id), 0.0)
+        session.used = time.monotonic()
+        self._sessions.move_to_end(session_id)
         return run_id
 
     async def append(self, run_id: str, event: Event) -> str:
@@ -196,7 +228,7 @@ class MemoryStore:
         if seq > run.last_seq:
             raise InvalidEventIdError(f"event id {after!r} was never issued by this run")
         if seq < run.first_seq - 1:
-            raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
+            raise _replay_unavailable(after, run)
         if seq == run.last_seq and block and run.status == "running":
             changed = run.changed
             if changed is None:
@@ -205,7 +237,7 @@ class MemoryStore:
                 await changed.wait()
             run = self._run(run_id)
             if seq < run.first_seq - 1:
-                raise ReplayUnavailableError(f"the events after {after!r} are no longer retained")
+                raise _replay_unavailable(after, run)
         start = run.head + seq - run.first_seq + 1
         texts = run.events[start : start + limit]
         return list(zip(map(str, range(seq + 1, seq + 1 + len(texts))), texts, strict=True))
@@ -252,6 +284,21 @@ class MemoryStore:
     def __len__(self) -> int:
         """The number of runs held (running and retained)."""
         return len(self._runs)
+
+
+class _Session:
+    __slots__ = ("info", "used")
+
+    def __init__(self, info: SessionInfo, used: float) -> None:
+        self.info = info
+        self.used = used  # time.monotonic() of its last use
+
+
+def _replay_unavailable(after: str | None, run: _Run) -> ReplayUnavailableError:
+    where = f"after {after!r}" if after is not None else "from the first"
+    return ReplayUnavailableError(
+        f"the events {where} are no longer retained", resume_after=str(run.first_seq - 1)
+    )
 
 
 def _parse_id(event_id: str) -> int:
