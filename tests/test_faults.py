@@ -242,3 +242,83 @@ def test_a_failing_source_on_a_real_server_harms_no_other_stream() -> None:
         thread.join(20)
     assert results["slow"] == [*(Delta(value=f"s{i}") for i in range(40)), Done()]
     assert finished == ["slow"]
+
+
+# --- a reader that stops reading; an event the encoder cannot write ------------------------
+
+
+def test_a_client_that_takes_no_bytes_is_dropped_by_default() -> None:
+    assert EventStreamResponse([]).send_timeout == 30.0
+
+
+@pytest.mark.slow
+def test_a_client_that_stops_reading_is_dropped_and_the_source_cancelled() -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    cancelled = threading.Event()
+
+    async def endless() -> AsyncIterator[str]:
+        try:
+            while True:
+                yield "x" * 4096
+                await anyio.lowlevel.checkpoint()
+        finally:
+            cancelled.set()
+
+    async def route(request: Request) -> Response:
+        return EventStreamResponse(endless(), send_timeout=1.0, buffer_size=16 * 1024)
+
+    with serve(Starlette(routes=[Route("/", route)])) as url:
+        parts = urlsplit(url)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((str(parts.hostname), int(parts.port or 80)))
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+            assert cancelled.wait(15), "the stalled client was never dropped"
+        finally:
+            sock.close()
+
+
+class _Fragile:
+    """A JSON encoder that cannot write the delta "bad"."""
+
+    media_type = "text/event-stream"
+    headers: dict[str, str] = {}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        from streamflow.encoders import JSONEncoder
+
+        self.inner = JSONEncoder()
+
+    def open(self) -> bytes:
+        return b""
+
+    def encode(self, event: Event, *, id: str | None = None) -> bytes:  # noqa: A002
+        if isinstance(event, Delta) and event.value == "bad":
+            raise ValueError("cannot write this one")
+        return self.inner.encode(event, id=id)
+
+    def close(self) -> bytes:
+        return b""
+
+
+@pytest.mark.slow
+def test_an_event_the_encoder_cannot_write_keeps_its_batch_mates() -> None:
+    async def batches() -> AsyncIterator[list[tuple[str, Event | str]]]:
+        yield [("r.1", Delta(value="a")), ("r.2", Delta(value="b").to_json()), ("r.3", Delta(value="bad"))]
+        yield [("r.4", Delta(value="never"))]
+
+    async def route(request: Request) -> Response:
+        return EventStreamResponse.with_ids(batches(), encoder=_Fragile())
+
+    with serve(Starlette(routes=[Route("/", route)])) as url, httpx.Client(timeout=20) as client:
+        raw = client.get(url).content
+    frames = SSEDecoder().feed(raw)
+    assert [(sse.id, parse_event(sse.data)) for sse in frames] == [
+        ("r.1", Delta(value="a")),
+        ("r.2", Delta(value="b")),
+        ("r.2", Error(message="The stream could not be sent.", code="internal_error")),
+        ("r.2", Done()),
+    ]
