@@ -859,13 +859,12 @@ def _failed(code: str, message: str) -> tuple[Event, Event]:
 def _first_interrupt(exc: BaseException) -> BaseException:
     """The ``KeyboardInterrupt`` or ``SystemExit`` in ``exc`` (a task group may have wrapped
     it), else ``exc``."""
+    found: BaseException | None = exc
     if isinstance(exc, BaseExceptionGroup):
         found = exc.subgroup((KeyboardInterrupt, SystemExit))
         while isinstance(found, BaseExceptionGroup):
             found = found.exceptions[0]
-        if found is not None:
-            return found
-    return exc
+    return found if found is not None else exc
 
 
 def _internal_error() -> tuple[Event, Event]:

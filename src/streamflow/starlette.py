@@ -13,7 +13,7 @@ from typing import Any, Final
 import anyio
 from starlette.background import BackgroundTask
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
 from streamflow.encoders.base import Encoder, IdPairs, encode_pairs
@@ -142,10 +142,20 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:  # streamed from here, not from a helper: one coroutine frame less per open stream
             outbox = _Outbox(self.buffer_size)
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
-                await self._deliver(outbox, receive, send)
-                tasks.cancel_scope.cancel()
+            if _asyncio_timeout_works():
+                # The first receive() may carry the request itself, and some servers (granian)
+                # take a cancelled one for a disconnect: it runs on its own until it answers (at
+                # once for a GET) and is never cancelled in flight. The later ones only wait for
+                # the disconnect, and the sender cancels them when it has data to send.
+                outbox.first_receive = asyncio.ensure_future(receive())
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
+                    await self._deliver(outbox, receive, send)
+                    tasks.cancel_scope.cancel()
+            finally:
+                if outbox.first_receive is not None:
+                    outbox.first_receive.cancel()
             if not outbox.delivered:
                 logger.debug("streamflow: the client went away; the source was cancelled")
         if self.background is not None:
@@ -211,7 +221,7 @@ class EventStreamResponse(Response):
         stream, not three: an idle stream costs no more memory than a bare
         ``StreamingResponse``.
         """
-        wait = _wait_for_client_asyncio if _asyncio_timeout_works() else _wait_for_client
+        wait = _wait_for_client_asyncio if outbox.first_receive is not None else _wait_for_client
         busy_since: float | None = None  # when the sender last looked at receive(), while busy
         while True:
             if outbox.size:
@@ -222,7 +232,7 @@ class EventStreamResponse(Response):
                     if busy_since is None:
                         busy_since = now
                     elif now - busy_since >= _LOOK_EVERY:
-                        if await _look(receive):
+                        if await _look(receive, outbox):
                             return  # the client went away: the caller cancels the producer
                         busy_since = anyio.current_time()
             elif outbox.finished:
@@ -275,6 +285,12 @@ async def _wait_for_client_asyncio(outbox: _Outbox, receive: Receive, ping: floa
         async with asyncio.timeout(ping) as waiter:
             outbox.waiter = waiter
             try:
+                first = outbox.first_receive
+                if first is not None:  # wait for it, without cancelling it when woken
+                    await asyncio.wait((first,))
+                    outbox.first_receive = None
+                    if first.result()["type"] == "http.disconnect":
+                        return False
                 while (await receive())["type"] != "http.disconnect":  # inline, as above
                     pass
                 return False
@@ -286,9 +302,18 @@ async def _wait_for_client_asyncio(outbox: _Outbox, receive: Receive, ping: floa
         raise  # from receive() itself
 
 
-async def _look(receive: Receive) -> bool:
+async def _look(receive: Receive, outbox: _Outbox) -> bool:
     """Whether the client has disconnected, from what ``receive()`` has ready now (or
     within a millisecond: a middleware's ``receive`` may take a few turns of the loop)."""
+    first = outbox.first_receive
+    if first is not None:  # never cancelled in flight (see EventStreamResponse._deliver)
+        if not first.done():
+            await anyio.sleep(_LOOK_TIMEOUT)
+            if not first.done():
+                return False
+        outbox.first_receive = None
+        if first.result()["type"] == "http.disconnect":
+            return True
     with anyio.move_on_after(_LOOK_TIMEOUT):
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -348,7 +373,7 @@ class _Outbox:
     """Encoded bytes between the producer and the sender: several events ready at once
     leave in one body message, and at most ``limit`` bytes wait for a slow client."""
 
-    __slots__ = ("_space", "chunks", "delivered", "finished", "limit", "size", "waiter")
+    __slots__ = ("_space", "chunks", "delivered", "finished", "first_receive", "limit", "size", "waiter")
 
     def __init__(self, limit: int) -> None:
         self.chunks: list[bytes] = []
@@ -358,6 +383,7 @@ class _Outbox:
         self._space: anyio.Event | None = None  # only while the producer waits for room
         self.finished = False
         self.delivered = False  # every event went out: what follows is no disconnect mid-stream
+        self.first_receive: asyncio.Future[Message] | None = None  # see EventStreamResponse._deliver
 
     def put_nowait(self, chunk: bytes) -> None:
         if chunk:
