@@ -46,9 +46,9 @@ __all__ = [
 ]
 
 RunStatus: TypeAlias = Literal["running", "finished", "failed", "cancelled"]
-"""``running`` until the run ends: ``finished`` (its source ended, also with an ``Error``
-event), ``failed`` (its producer died or was lost), ``cancelled`` (a policy or a shutdown
-stopped it)."""
+"""``running`` until the run ends: ``finished`` (its source ended), ``failed`` (its stream
+ended with an ``Error``: the source failed, the store could not record it, or its producer
+died or was lost), ``cancelled`` (a policy or a shutdown stopped it)."""
 
 
 class StoreError(Exception):
