@@ -121,6 +121,7 @@ class _LocalRun:
     readers: int = 0
     generation: int = 0  # bumped when a reader arrives: a pending grace timer is void
     reason: Literal["policy", "shutdown", "lease"] = "policy"
+    beating: bool = False  # a heartbeat of it is in flight
 
 
 class _Wake:
@@ -467,17 +468,33 @@ class StreamHub:
             raise _first_interrupt(escaping)
 
     async def _heartbeats(self) -> None:
+        """Renew every local run's lease every third of it. Passes keep their own clock and
+        each run's heartbeat runs on its own, so that a slow store call (a Redis blip) delays
+        no other run's renewal and no later pass."""
+        interval = self.lease / 3
+        due = anyio.current_time()
         while True:
-            await anyio.sleep(self.lease / 3)
+            due = max(due + interval, anyio.current_time())
+            await anyio.sleep_until(due)
+            tasks = self._tasks
+            if tasks is None:
+                return
             for run in list(self._runs.values()):
-                try:
-                    alive = await self.store.heartbeat(run.run_id, self.producer_id, self.lease)
-                except Exception:
-                    logger.exception("streamflow: the heartbeat of run %s failed", run.run_id)
-                    continue
-                if not alive:
-                    run.reason = "lease"
-                    run.scope.cancel()
+                if not run.beating:  # its last heartbeat is still in flight: no second one
+                    run.beating = True
+                    tasks.start_soon(self._heartbeat, run)
+
+    async def _heartbeat(self, run: _LocalRun) -> None:
+        try:
+            alive = await self.store.heartbeat(run.run_id, self.producer_id, self.lease)
+        except Exception:
+            logger.exception("streamflow: the heartbeat of run %s failed", run.run_id)
+            return
+        finally:
+            run.beating = False
+        if not alive and run.run_id in self._runs:
+            run.reason = "lease"
+            run.scope.cancel()
 
     # --- the last-reader policy ---------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """One replica of a hub app on a shared Redis, run by the tests as a uvicorn subprocess.
 
 ``uvicorn tests.hub._redis_replica_app:app`` with ``STREAMFLOW_REDIS_URL``,
-``STREAMFLOW_REDIS_PREFIX``, ``STREAMFLOW_LEASE`` and ``STREAMFLOW_POLL`` in the environment.
+``STREAMFLOW_REDIS_PREFIX``, ``STREAMFLOW_LEASE``, ``STREAMFLOW_POLL`` and
+``STREAMFLOW_RETRY_FOR`` (the store's ``retry_for``) in the environment.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from starlette.routing import Route
 from streamflow.hub import SessionBusyError, SessionNotFoundError, StreamHub
 from streamflow.stores.redis import RedisStore
 
-store = RedisStore(os.environ["STREAMFLOW_REDIS_URL"], prefix=os.environ["STREAMFLOW_REDIS_PREFIX"])
+store = RedisStore(
+    os.environ["STREAMFLOW_REDIS_URL"],
+    prefix=os.environ["STREAMFLOW_REDIS_PREFIX"],
+    retry_for=float(os.environ.get("STREAMFLOW_RETRY_FOR", "10")),
+)
 hub = StreamHub(
     store,
     on_last_reader_gone="finish",

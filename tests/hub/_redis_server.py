@@ -22,11 +22,18 @@ from tests.conftest import free_port
 
 @dataclass
 class RedisServer:
-    """One ``redis-server`` process: ``url``, ``kill()`` (SIGKILL), ``stop()``."""
+    """One ``redis-server`` process: ``url``, ``kill()`` (SIGKILL), ``restart()``,
+    ``pause(seconds)`` (SIGSTOP then SIGCONT), ``stop()``.
+
+    ``persistent=True`` turns the append-only file on with an fsync per write
+    (``--appendonly yes --appendfsync always``): every acknowledged write survives a
+    SIGKILL, and :meth:`restart` (on the same port and directory) reloads it.
+    """
 
     port: int = field(default_factory=free_port)
     directory: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="streamflow-redis-"))
     process: subprocess.Popen[bytes] | None = None
+    persistent: bool = False
 
     @property
     def url(self) -> str:
@@ -45,10 +52,12 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
         ]
+        if self.persistent:
+            command += ["--appendfsync", "always"]
         command += ["--dir", self.directory, "--daemonize", "no", "--loglevel", "warning"]
-        log = open(os.path.join(self.directory, "redis.log"), "wb")  # noqa: SIM115 - the process owns it
+        log = open(os.path.join(self.directory, "redis.log"), "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(command, cwd=self.directory, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 10
@@ -79,6 +88,24 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+
+    def restart(self, down: float = 0.0) -> None:
+        """SIGKILL, then (``down`` seconds later) start again on the same port and directory
+        (with ``persistent``, the data comes back from the append-only file)."""
+        self.kill()
+        time.sleep(down)
+        self.start()
+
+    def pause(self, seconds: float) -> None:
+        """SIGSTOP for ``seconds``, then SIGCONT: Redis hangs (connections stay open, the
+        kernel still accepts new ones) and then carries on, as in a long GC-like stall."""
+        assert self.process is not None
+        assert self.process.poll() is None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,5 +1,6 @@
 """RedisStore against a real ``redis-server``: the store itself, two uvicorn replicas sharing
-one Redis (resume across replicas, a SIGKILLed producer), and Redis dying mid-stream.
+one Redis (resume across replicas, a SIGKILLed producer), Redis pausing or restarting
+mid-run (retried: no run fails, no event is lost or doubled) and Redis dying mid-stream.
 
 The store-agnostic hub tests (``test_hub.py``) also run with RedisStore, through the
 ``store`` fixture's ``redis`` param.
@@ -7,36 +8,43 @@ The store-agnostic hub tests (``test_hub.py``) also run with RedisStore, through
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
 import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from starlette.applications import Starlette
 
-from streamflow import Delta, Done, Error, Event, parse_event
+from streamflow import Delta, Done, Error, Event, Gap, parse_event
+from streamflow.hub import StreamHub
 from streamflow.sse import SSEDecoder
 from streamflow.stores import (
     InvalidEventIdError,
     ReplayUnavailableError,
     RunFinishedError,
+    SessionInfo,
     UnknownRunError,
 )
 from streamflow.stores.redis import RedisStore, RedisStoreError
-from tests.conftest import free_port
 from tests.hub._redis_server import RedisServer, shared_redis
+from tests.hub._replicas import ROOT, Replica
+from tests.hub._replicas import start_replica as _start_replica
+from tests.hub.conftest import Control, hub_app, serve_hub
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -188,20 +196,272 @@ async def test_a_blocked_read_wakes_on_append_and_on_finish(redis_server: RedisS
 
 
 @pytest.mark.anyio
-async def test_redis_going_away_is_a_typed_store_error(prefix: str) -> None:
-    server = RedisServer().start()
-    store = RedisStore(server.url, prefix=prefix)
+async def test_sessions_keep_their_owner_and_metadata(redis_server: RedisServer, prefix: str) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix, session_ttl=0.6)
+    try:
+        metadata: dict[str, Any] = {
+            "title": "Ünïcødé ☃ — 日本語 \U0001f600",
+            "nested": {"list": [1, 2.5, None, True, "x", {"deep": []}], "empty": {}},
+            'quote"key': "line\nbreak",
+        }
+        before = time.time()
+        await store.create_session("s", owner="ada@example.com", metadata=metadata)
+        info = await store.get_session("s")
+        assert info is not None
+        assert info == SessionInfo("s", "ada@example.com", metadata, info.created_at)
+        assert before - 1 <= info.created_at <= time.time() + 1
+        # Idempotent: a second call keeps what the first recorded.
+        await store.create_session("s", owner="eve", metadata={"other": 1})
+        assert await store.get_session("s") == info
+        # No owner, no metadata.
+        await store.create_session("t")
+        assert await store.get_session("t") == SessionInfo("t", None, {}, (await _created_at(store, "t")))
+        assert await store.get_session("unknown") is None
+        assert not await store.session_exists("unknown")
+        # A use extends the session's life (session_ttl=0.6 s).
+        for _ in range(3):
+            await anyio.sleep(0.35)
+            assert await store.get_session("s") is not None
+        assert await store.client.pttl(store._session_key("s")) > 400
+        await anyio.sleep(0.8)
+        assert await store.get_session("s") is None
+    finally:
+        await store.aclose()
+
+
+async def _created_at(store: RedisStore, session_id: str) -> float:
+    info = await store.get_session(session_id)
+    assert info is not None
+    return info.created_at
+
+
+@pytest.mark.anyio
+async def test_a_trimmed_run_tells_where_its_retained_events_begin(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix, maxlen=5)
     try:
         await store.create_session("s")
         run = await store.create_run("s", producer="p", lease=5)
-        server.kill()
-        with pytest.raises(RedisStoreError):
-            await store.read(run, block=1)
-        with pytest.raises(RedisStoreError):
-            await store.append(run, Delta(value="x"))
+        for start in range(0, 1000, 10):
+            await store.append_many(run, [Delta(value=str(i)) for i in range(start, start + 10)])
+        head = await store.client.xrange(f"{prefix}:run:{{{run}}}:events", count=1)
+        first = int(head[0][0].split(b"-")[1])
+        assert 1 < first <= 996
+        for after in (None, "0", "3", str(first - 2)):
+            with pytest.raises(ReplayUnavailableError) as caught:
+                await store.read(run, after)
+            assert caught.value.resume_after == str(first - 1), after
+        # Reading on from there gives the retained events, from the first, with no gap.
+        retained = await store.read(run, caught.value.resume_after, limit=10_000)
+        assert [int(event_id) for event_id, _ in retained] == list(range(first, 1001))
+        assert parse_event(retained[0][1]) == Delta(value=str(first - 1))
     finally:
         await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_an_append_whose_reply_was_lost_is_applied_once(redis_server: RedisServer, prefix: str) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=5)
+        script = store._append_many
+        calls = 0
+
+        async def reply_lost_once(*, keys: list[str], args: list[str | int]) -> Any:
+            # Redis applies the batch, then the connection dies before its reply arrives.
+            nonlocal calls
+            calls += 1
+            result = await script(keys=keys, args=args)
+            if calls == 1:
+                raise RedisConnectionError("Connection reset by peer (the reply was lost)")
+            return result
+
+        store._append_many = reply_lost_once  # type: ignore[assignment]
+        assert await store.append_many(run, [Delta(value="a"), Delta(value="b")]) == "2"
+        assert calls == 2  # retried, and the retry appended nothing
+        assert await store.append_many(run, [Delta(value="c")]) == "3"
+        events = [(event_id, parse_event(data)) for event_id, data in await store.read(run)]
+        assert events == [("1", Delta(value="a")), ("2", Delta(value="b")), ("3", Delta(value="c"))]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_the_append_script_applies_a_batch_once(redis_server: RedisServer, prefix: str) -> None:
+    """The script itself: the same writer and batch number twice is one copy; a stale copy
+    of an older batch (queued on a dead connection, run late) is ignored."""
+    store = RedisStore(redis_server.url, prefix=prefix)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=5)
+        keys = store._run_keys(run)
+
+        async def call(writer: str, batch: int, *values: str) -> int:
+            args: list[str | int] = [store.maxlen, writer, batch]
+            args.extend(Delta(value=value).to_json() for value in values)
+            result: int = await store._append_many(keys=keys, args=args)
+            return result
+
+        assert await call("w", 1, "a", "b") == 2
+        assert await call("w", 1, "a", "b") == 2  # a retry: the recorded result, no copy
+        assert await call("w", 2, "c") == 3
+        assert await call("w", 1, "a", "b") == -3  # a stale copy: ignored
+        assert await call("w", 2, "c") == 3
+        assert await call("other", 1, "d") == 4  # another writer's batch 1 is its own
+        values = [parse_event(data) for _, data in await store.read(run)]
+        assert values == [Delta(value=v) for v in "abcd"]
+        assert await store.finish(run, "finished", final=[Done()])
+        assert await call("other", 1, "d") == 4  # a retry after the end still gets its result
+        assert await call("other", 2, "e") == -2  # a new batch does not
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_finish_whose_reply_was_lost_still_reports_its_win(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    store = RedisStore(redis_server.url, prefix=prefix)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=5)
+        await store.append(run, Delta(value="a"))
+        script = store._finish
+        calls = 0
+
+        async def reply_lost_once(*, keys: list[str], args: list[str | int]) -> Any:
+            nonlocal calls
+            calls += 1
+            result = await script(keys=keys, args=args)
+            if calls == 1:
+                raise RedisConnectionError("Connection reset by peer (the reply was lost)")
+            return result
+
+        store._finish = reply_lost_once  # type: ignore[assignment]
+        final: list[Event] = [Error(message="x", code="cancelled"), Done()]
+        assert await store.finish(run, "cancelled", final=final) is True
+        assert calls == 2
+        assert await store.finish(run, "failed", final=[Done()]) is False  # another caller
+        assert [parse_event(data) for _, data in await store.read(run)] == [Delta(value="a"), *final]
+        info = await store.run_info(run)
+        assert info is not None
+        assert info.status == "cancelled"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_create_run_never_overwrites_a_run(redis_server: RedisServer, prefix: str) -> None:
+    """A late copy of a create_run (queued on a dead connection) cannot revive a run."""
+    store = RedisStore(redis_server.url, prefix=prefix)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=5)
+        assert await store.finish(run, "finished", final=[Done()])
+        keys = [store._run_keys(run)[0], store._session_key("s")]
+        args: list[str | int] = ["s", "p", 5000, 60_000, repr(time.time()), 60_000, run]
+        assert await store._create_run(keys=keys, args=args) == 0
+        info = await store.run_info(run)
+        assert info is not None
+        assert info.status == "finished"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_redis_going_away_is_a_typed_store_error_once_retry_for_is_spent(prefix: str) -> None:
+    server = RedisServer().start()
+    store = RedisStore(server.url, prefix=prefix, retry_for=0.5)
+    no_retry = RedisStore(server.url, prefix=prefix, retry_for=0)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=5)
+        await no_retry.run_info(run)  # its connection is open
+        server.kill()
+        for call in (lambda: store.read(run, block=1), lambda: store.append(run, Delta(value="x"))):
+            started = time.monotonic()
+            with pytest.raises(RedisStoreError):
+                await call()
+            assert 0.4 <= time.monotonic() - started < 3
+        started = time.monotonic()
+        with pytest.raises(RedisStoreError):
+            await no_retry.run_info(run)
+        assert time.monotonic() - started < 0.3
+    finally:
+        await store.aclose()
+        await no_retry.aclose()
         server.stop()
+
+
+@pytest.mark.anyio
+async def test_a_run_whose_appends_keep_failing_fails_with_a_typed_error(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Once ``retry_for`` is spent, the hub ends the run as before: ``failed``, with
+    ``Error(code="store_error")`` then ``Done`` (here only appends fail: the end is recorded)."""
+    store = RedisStore(redis_server.url, prefix=prefix, retry_for=0.4)
+    failing = 0
+
+    async def unreachable(*, keys: list[str], args: list[str | int]) -> Any:
+        nonlocal failing
+        failing += 1
+        raise RedisConnectionError("Error 111 connecting to redis: Connection refused.")
+
+    async def source() -> AsyncIterator[str]:
+        for i in range(3):
+            yield str(i)
+            await anyio.sleep(0.01)
+
+    try:
+        async with StreamHub(store, on_last_reader_gone="finish") as hub:
+            session = await hub.create_session()
+            store._append_many = unreachable  # type: ignore[assignment]
+            started = time.monotonic()
+            run = await hub.start(session, source())
+            events: list[Event] = []
+            with anyio.fail_after(10):
+                while Done() not in events:  # the hub records the run's end
+                    events = [parse_event(data) for _, data in await store.read(run, block=1)]
+            assert time.monotonic() - started >= 0.35
+            info = await store.run_info(run)
+        assert failing >= 3  # retried
+        assert info is not None
+        assert info.status == "failed"
+        *_, error, done = events
+        assert isinstance(error, Error)
+        assert error.code == "store_error"
+        assert done == Done()
+    finally:
+        await store.aclose()
+
+
+def test_which_failures_are_retried() -> None:
+    from redis import exceptions as errors
+
+    from streamflow.stores.redis import _transient
+
+    retried = [
+        errors.ConnectionError("Connection refused"),
+        errors.TimeoutError("Timeout reading from socket"),
+        errors.BusyLoadingError("Redis is loading the dataset in memory"),
+        errors.TryAgainError("Multiple keys request during rehashing of slot"),
+        errors.MasterDownError("Link with MASTER is down"),
+        errors.ReadOnlyError("You can't write against a read only replica."),
+        errors.ResponseError("LOADING Redis is loading the dataset in memory"),
+        errors.ResponseError("TRYAGAIN"),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ]
+    raised = [
+        errors.ResponseError("ERR unknown command"),
+        errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        errors.AuthenticationError("invalid password"),
+        errors.DataError("Invalid input"),
+        errors.NoPermissionError("this user has no permissions"),
+    ]
+    assert [exc for exc in retried if not _transient(exc)] == []
+    assert [exc for exc in raised if _transient(exc)] == []
 
 
 def test_import_error_names_the_extra() -> None:
@@ -217,61 +477,18 @@ def test_import_error_names_the_extra() -> None:
 # --- replicas: uvicorn processes sharing one Redis ---------------------------------------------
 
 
-@dataclass
-class Replica:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-StartReplica = Callable[[str, str, str], Replica]
+StartReplica = Callable[..., Replica]
 
 
 @pytest.fixture
 def start_replica(tmp_path: Path) -> Iterator[StartReplica]:
+    """``start_replica(redis_url, prefix, name, **env)``: a replica, stopped after the test."""
     replicas: list[Replica] = []
 
-    def start(redis_url: str, prefix: str, name: str) -> Replica:
-        port = free_port()
-        env = {
-            **os.environ,
-            "STREAMFLOW_REDIS_URL": redis_url,
-            "STREAMFLOW_REDIS_PREFIX": prefix,
-            "STREAMFLOW_LEASE": "1.5",
-            "STREAMFLOW_POLL": "0.2",
-            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        }
-        log = tmp_path / f"{name}.log"
-        command = [sys.executable, "-m", "uvicorn", "tests.hub._redis_replica_app:app"]
-        command += ["--host", "127.0.0.1", "--port", str(port), "--lifespan", "on", "--log-level", "warning"]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        replica = Replica(f"http://127.0.0.1:{port}", process, log)
+    def start(redis_url: str, prefix: str, name: str, **env: str) -> Replica:
+        replica = _start_replica(redis_url, prefix, tmp_path / f"{name}.log", **env)
         replicas.append(replica)
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"replica {name} exited: {replica.output()}")
-            try:
-                if httpx.get(f"{replica.url}/health", timeout=1).status_code == 200:
-                    return replica
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replica {name} did not start: {replica.output()}")
-            time.sleep(0.05)
+        return replica
 
     yield start
     for replica in replicas:
@@ -412,7 +629,7 @@ def test_redis_dying_mid_stream_gives_readers_an_error_and_the_app_keeps_serving
 ) -> None:
     server = RedisServer().start()
     try:
-        replica = start_replica(server.url, prefix, "solo")
+        replica = start_replica(server.url, prefix, "solo", STREAMFLOW_RETRY_FOR="0.5")
         session = new_session(replica)
         start_run(replica, session, n=-1, delay=0.05)
         reading = Reading()
@@ -449,3 +666,161 @@ def test_redis_dying_mid_stream_gives_readers_an_error_and_the_app_keeps_serving
         assert replica.process.poll() is None
     finally:
         server.stop()
+
+
+# --- Redis pausing or restarting mid-run: retried, nothing lost or doubled ---------------------
+
+
+@contextmanager
+def served_hub(store: RedisStore, client: aioredis.Redis | None = None) -> Iterator[str]:
+    """A hub on ``store`` served by a real uvicorn (``tests/hub/conftest.py``'s app); the
+    store (and ``client``) closed in its loop at the end."""
+    hub = StreamHub(store, on_last_reader_gone="finish", poll=0.2, ping=1.0)
+    app: Starlette = hub_app(hub, Control())
+
+    @asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        async with hub.lifespan(app):
+            yield
+        await store.aclose()
+        if client is not None:
+            await client.aclose()
+
+    app.router.lifespan_context = lifespan
+    with serve_hub(app) as url:
+        yield url
+
+
+def follow_in_thread(url: str) -> tuple[Reading, threading.Thread]:
+    """Read ``url`` until its ``Done`` in a thread, appending to ``reading.pairs`` as events
+    arrive (``reading.error`` holds what it raised)."""
+    reading = Reading()
+
+    def follow() -> None:
+        try:
+            with httpx.stream("GET", url, timeout=30) as response:
+                decoder = SSEDecoder()
+                for chunk in response.iter_raw():
+                    for sse in decoder.feed(chunk):
+                        reading.pairs.append((sse.id, parse_event(sse.data)))
+                        if isinstance(reading.pairs[-1][1], Done):
+                            reading.ended = True
+                            return
+        except BaseException as exc:  # reported by the test thread
+            reading.error = exc
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    return reading, thread
+
+
+def final_status(url: str, prefix: str, run: str) -> str | None:
+    """The run's status once it is not ``running`` (the hub records the end just after
+    its ``Done``), or ``running`` after 5 s."""
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        deadline = time.monotonic() + 5
+        while True:
+            status: str | None = client.hget(f"{prefix}:run:{{{run}}}", "status")  # type: ignore[assignment]
+            if status != "running" or time.monotonic() > deadline:
+                return status
+            time.sleep(0.02)
+
+
+def assert_whole_run(reading: Reading, run: str, count: int) -> None:
+    assert reading.error is None, reading.error
+    assert reading.ended, "the reader hung"
+    assert not [e for e in reading.events if isinstance(e, Error)], reading.events
+    assert reading.events == [Delta(value=f"p{i}") for i in range(count)] + [Done()]
+    assert [event_id for event_id, _ in reading.pairs] == [f"{run}.{n}" for n in range(1, count + 2)]
+
+
+def outage_while_a_run_produces(
+    server: RedisServer,
+    store: RedisStore,
+    prefix: str,
+    outage: Callable[[], None],
+    client: aioredis.Redis | None = None,
+) -> None:
+    """A run of 60 deltas (50 ms apart) with a live reader; ``outage`` strikes after its
+    tenth event. The run finishes, and the live reader and a fresh one after it get every
+    delta exactly once, in order, then ``Done``, with no ``Error``."""
+    count = 60
+    with served_hub(store, client) as url, httpx.Client(timeout=20) as http:
+        session = http.post(f"{url}/sessions").json()["session"]
+        response = http.post(
+            f"{url}/sessions/{session}/messages", params={"n": count, "delay": 0.05, "prefix": "p"}
+        )
+        assert response.status_code == 202, response.text
+        run = response.json()["run"]
+        live, thread = follow_in_thread(f"{url}/sessions/{session}/stream")
+        deadline = time.monotonic() + 10
+        while len(live.pairs) < 10 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.01)
+        assert len(live.pairs) >= 10, live
+        outage()
+        thread.join(30)
+        assert_whole_run(live, run, count)
+        assert final_status(server.url, prefix, run) == "finished"
+        fresh = read(f"{url}/runs/{run}/stream", timeout=10)
+        assert_whole_run(fresh, run, count)
+
+
+@pytest.mark.parametrize("client_kind", ["socket_timeout", "url"])
+def test_a_redis_pause_fails_no_run_and_loses_no_event(
+    prefix: str, client_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOP for 2 s. With a ``socket_timeout`` of 0.5 s the commands really fail (timeouts,
+    then connections that hang) and are retried; with the URL's client they just wait."""
+    server = RedisServer().start()
+    try:
+        client: aioredis.Redis | None = None
+        if client_kind == "socket_timeout":
+            client = aioredis.Redis.from_url(server.url, socket_timeout=0.5)
+            store = RedisStore(client, prefix=prefix)
+        else:
+            store = RedisStore(server.url, prefix=prefix)
+        started = time.monotonic()
+        outage_while_a_run_produces(server, store, prefix, lambda: server.pause(2.0), client)
+        assert time.monotonic() - started >= 2
+        if client_kind == "socket_timeout":  # the commands failed, and were retried
+            assert "Redis failed (TimeoutError" in caplog.text
+    finally:
+        server.stop()
+
+
+def test_a_redis_restart_with_persistence_loses_no_event(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILL then a new redis-server on the same port and append-only file, 0.3 s later."""
+    server = RedisServer(persistent=True).start()
+    try:
+        store = RedisStore(server.url, prefix=prefix)
+        outage_while_a_run_produces(server, store, prefix, lambda: server.restart(down=0.3))
+        assert "Redis failed (ConnectionError" in caplog.text  # the commands failed, and were retried
+    finally:
+        server.stop()
+
+
+def test_a_new_reader_of_a_trimmed_run_joins_it_after_a_gap(prefix: str, redis_server: RedisServer) -> None:
+    """The hub with RedisStore: a reader with no ``Last-Event-ID`` of a run whose first
+    events ``MAXLEN`` dropped gets a ``Gap`` (its id where the retained events begin), then
+    them; a reader resuming before them is still refused (``replay_unavailable``)."""
+    store = RedisStore(redis_server.url, prefix=prefix, maxlen=5)
+    count = 300
+    with served_hub(store) as url, httpx.Client(timeout=20) as http:
+        session = http.post(f"{url}/sessions").json()["session"]
+        response = http.post(f"{url}/sessions/{session}/messages", params={"n": count, "prefix": "p"})
+        run = response.json()["run"]
+        assert final_status(redis_server.url, prefix, run) == "finished"
+        joined = read(f"{url}/runs/{run}/stream", timeout=10)
+        assert joined.ended
+        (gap_id, gap), *rest = joined.pairs
+        assert gap == Gap()
+        first = int(gap_id.removeprefix(f"{run}.")) + 1
+        assert 1 < first <= count - 4
+        assert [event_id for event_id, _ in rest] == [f"{run}.{n}" for n in range(first, count + 2)]
+        assert [event for _, event in rest] == [Delta(value=f"p{n - 1}") for n in range(first, count + 1)] + [
+            Done()
+        ]
+        refused = read(f"{url}/runs/{run}/stream", last_id=f"{run}.1", timeout=10)
+        assert [e.code for e in refused.events if isinstance(e, Error)] == ["replay_unavailable"]
