@@ -322,3 +322,21 @@ def test_an_event_the_encoder_cannot_write_keeps_its_batch_mates() -> None:
         ("r.2", Error(message="The stream could not be sent.", code="internal_error")),
         ("r.2", Done()),
     ]
+
+
+async def test_closing_a_stream_at_its_error_is_no_second_failure() -> None:
+    """A consumer that closes the stream right after its Error (a wrapper's aclosing) gets no
+    'ignored GeneratorExit' and no second Error."""
+
+    async def source() -> AsyncIterator[Any]:
+        yield "a"
+        yield Error(message="typed", code="mine")
+
+    inner = from_iterable(source())
+
+    async def wrapper() -> AsyncIterator[Event]:
+        async with aclosing(inner) as events:
+            async for event in events:
+                yield event
+
+    assert await collect(wrapper()) == [Delta(value="a"), Error(message="typed", code="mine"), Done()]

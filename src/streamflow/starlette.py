@@ -142,10 +142,10 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:  # streamed from here, not from a helper: one coroutine frame less per open stream
             outbox = _Outbox(self.buffer_size)
-            if _asyncio_timeout_works():
-                # The first receive() may carry the request itself, and some servers (granian)
-                # take a cancelled one for a disconnect: it runs on its own until it answers (at
-                # once for a GET) and is never cancelled in flight. The later ones only wait for
+            if scope.get("method") == "GET" and _asyncio_timeout_works():
+                # The first receive() of a GET carries its (empty) request, and some servers
+                # (granian) take a cancelled one for a disconnect: it runs on its own until it
+                # answers (at once) and is never cancelled in flight. The later ones only wait for
                 # the disconnect, and the sender cancels them when it has data to send.
                 outbox.first_receive = asyncio.ensure_future(receive())
             try:
@@ -306,13 +306,16 @@ async def _look(receive: Receive, outbox: _Outbox) -> bool:
     """Whether the client has disconnected, from what ``receive()`` has ready now (or
     within a millisecond: a middleware's ``receive`` may take a few turns of the loop)."""
     first = outbox.first_receive
-    if first is not None:  # never cancelled in flight (see EventStreamResponse._deliver)
-        if not first.done():
-            await anyio.sleep(_LOOK_TIMEOUT)
-            if not first.done():
-                return False
+    if first is not None:
         outbox.first_receive = None
-        if first.result()["type"] == "http.disconnect":
+        if not first.done():
+            await asyncio.wait((first,), timeout=_LOOK_TIMEOUT)
+        if not first.done():
+            # After _LOOK_EVERY seconds of sending it carries no request (that comes at once):
+            # it only waits for the disconnect, and may be cancelled like the later ones. A
+            # new receive() also lets the server read the socket again (uvicorn pauses it).
+            first.cancel()
+        elif first.result()["type"] == "http.disconnect":
             return True
     with anyio.move_on_after(_LOOK_TIMEOUT):
         while (await receive())["type"] != "http.disconnect":

@@ -50,6 +50,7 @@ def test_a_failing_run_ends_alone_and_the_hub_keeps_serving(make_served: MakeSer
         reading = served.read(f"/sessions/{session}/stream")
         assert reading.events == [*deltas("", 3), GENERIC, Done()], kind
         assert b"secret" not in reading.raw
+        wait_for(lambda run=run: status(served, run) != "running")  # its end is recorded after its Done
         assert status(served, run) == "failed", kind
         # A resume after the last delta replays exactly the end.
         again = served.read(f"/runs/{run}/stream", last_id=reading.pairs[2][0])
@@ -68,6 +69,7 @@ def test_an_event_no_store_can_carry_fails_that_event_only(make_served: MakeServ
     run = served.start(session, n=5, bad_at=2)  # d0, d1, a lone surrogate, ... ready together
     reading = served.read(f"/sessions/{session}/stream")
     assert reading.events == [*deltas("", 2), GENERIC, Done()]
+    wait_for(lambda: status(served, run) != "running")
     assert status(served, run) == "failed"
     resumed = served.read(f"/runs/{run}/stream", last_id=reading.pairs[0][0])
     assert resumed.pairs == reading.pairs[1:]  # a resume replays exactly that

@@ -123,6 +123,7 @@ async def _events(source: Source, on_error: ErrorHandler | None) -> AsyncGenerat
             elif type(event) is StepEnd:
                 _close_step(open_steps, event.step)
             elif type(event) is Error:  # terminal, like Done: the run failed
+                at_yield = True
                 yield _with_step(event, open_steps)
                 break
             elif type(event) is Done:
