@@ -214,14 +214,14 @@ async def test_disconnect_cancels_an_idle_source() -> None:
     assert recorder.bodies[-1] != b"", "no closing body message is sent to a gone client"
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["asyncio.timeout", "anyio scope"])
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio watch", "anyio scope"])
 async def test_the_idle_sender_wakes_pings_and_sees_the_disconnect(
     native: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sender waits in receive(): the producer wakes it for each event, its deadline
-    sends pings, a disconnect ends it. Both ways of waiting: asyncio.timeout, and the anyio
-    scope used on trio and on Python before 3.11.3."""
-    monkeypatch.setattr(starlette_module, "_asyncio_timeout_works", lambda: native)
+    """The idle sender wakes for each event, sends pings and sees the disconnect. Both
+    ways of waiting: asyncio's (a pending receive() and a future), and the anyio scope
+    around receive() used on trio."""
+    monkeypatch.setattr(starlette_module, "_on_asyncio", lambda: native)
     recorder = Recorder()
     finalized = anyio.Event()
 

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import math
-import sys
 from collections.abc import AsyncIterable, Mapping
 from typing import Any, Final
 
@@ -142,20 +141,10 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         else:  # streamed from here, not from a helper: one coroutine frame less per open stream
             outbox = _Outbox(self.buffer_size)
-            if scope.get("method") == "GET" and _asyncio_timeout_works():
-                # The first receive() of a GET carries its (empty) request, and some servers
-                # (granian) take a cancelled one for a disconnect: it runs on its own until it
-                # answers (at once) and is never cancelled in flight. The later ones only wait for
-                # the disconnect, and the sender cancels them when it has data to send.
-                outbox.first_receive = asyncio.ensure_future(receive())
-            try:
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
-                    await self._deliver(outbox, receive, send)
-                    tasks.cancel_scope.cancel()
-            finally:
-                if outbox.first_receive is not None:
-                    outbox.first_receive.cancel()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
+                await self._deliver(outbox, receive, send)
+                tasks.cancel_scope.cancel()
             if not outbox.delivered:
                 logger.debug("streamflow: the client went away; the source was cancelled")
         if self.background is not None:
@@ -213,15 +202,45 @@ class EventStreamResponse(Response):
     async def _deliver(self, outbox: _Outbox, receive: Receive, send: Send) -> None:
         """Send what the producer queues until it finishes, then the end of the body.
 
-        The same task watches for the client's disconnect: with nothing to send, it waits
-        in ``receive()`` for ``http.disconnect`` (see :func:`_wait_for_client`); while it
-        keeps sending (a source that always has its next event ready), it looks at
-        ``receive()`` without waiting every ``_LOOK_EVERY`` seconds, since a server or a
-        middleware may swallow the writes to a client that has gone. Two tasks per
-        stream, not three: an idle stream costs no more memory than a bare
-        ``StreamingResponse``.
+        The same task watches for the client's disconnect, through one ``receive()`` kept
+        pending in a task of its own (never cancelled in flight: some servers, granian, take
+        a cancelled ``receive()`` for a disconnect). With nothing to send, the sender waits
+        for a future that the producer, that ``receive()`` or the ping timer completes: an
+        event on a slow stream costs one future, no exception and no timer. One timer per
+        stream, re-armed about every ``ping`` seconds, sends pings and enforces
+        ``send_timeout``.
         """
-        wait = _wait_for_client_asyncio if outbox.first_receive is not None else _wait_for_client
+        if not _on_asyncio():
+            return await self._deliver_anyio(outbox, receive, send)
+        watch = _Watch(outbox, receive, self.ping, self.send_timeout)
+        try:
+            while True:
+                if watch.receiving.done() and watch.client_gone():
+                    return None  # the caller cancels the producer
+                if outbox.size:
+                    if not await watch.send(send, outbox.take(), more_body=True):
+                        return None
+                elif outbox.finished:
+                    break
+                else:
+                    waiter = outbox.waiter = watch.loop.create_future()
+                    await waiter
+                    if watch.ping_due:
+                        watch.ping_due = False
+                        ping = not (outbox.size or outbox.finished or watch.receiving.done())
+                        if ping and not await watch.send(send, _PING, more_body=True):
+                            return None
+            outbox.delivered = True  # servers may report a disconnect while this last send runs
+            await watch.send(send, b"", more_body=False)
+        finally:
+            watch.close()
+
+    async def _deliver_anyio(self, outbox: _Outbox, receive: Receive, send: Send) -> None:
+        """:meth:`_deliver` on trio: with nothing to send, the sender waits in ``receive()``
+        for ``http.disconnect`` (see :func:`_wait_for_client`); while it keeps sending (a
+        source that always has its next event ready), it looks at ``receive()`` without
+        waiting every ``_LOOK_EVERY`` seconds, since a server or a middleware may swallow
+        the writes to a client that has gone."""
         busy_since: float | None = None  # when the sender last looked at receive(), while busy
         while True:
             if outbox.size:
@@ -232,14 +251,14 @@ class EventStreamResponse(Response):
                     if busy_since is None:
                         busy_since = now
                     elif now - busy_since >= _LOOK_EVERY:
-                        if await _look(receive, outbox):
+                        if await _look(receive):
                             return  # the client went away: the caller cancels the producer
                         busy_since = anyio.current_time()
             elif outbox.finished:
                 break
             else:
                 busy_since = None
-                if not await wait(outbox, receive, self.ping):
+                if not await _wait_for_client(outbox, receive, self.ping):
                     return  # the client went away: the caller cancels the producer
                 ping_due = not (outbox.size or outbox.finished)
                 if ping_due and not await self._send(send, _PING, more_body=True):
@@ -278,45 +297,9 @@ async def _wait_for_client(outbox: _Outbox, receive: Receive, ping: float | None
     return True
 
 
-async def _wait_for_client_asyncio(outbox: _Outbox, receive: Receive, ping: float | None) -> bool:
-    """:func:`_wait_for_client` on asyncio, with ``asyncio.timeout``: the producer wakes
-    us in about 15 µs, where cancelling an anyio scope takes about 50 µs."""
-    try:
-        async with asyncio.timeout(ping) as waiter:
-            outbox.waiter = waiter
-            try:
-                first = outbox.first_receive
-                if first is not None:  # wait for it, without cancelling it when woken
-                    await asyncio.wait((first,))
-                    outbox.first_receive = None
-                    if first.result()["type"] == "http.disconnect":
-                        return False
-                while (await receive())["type"] != "http.disconnect":  # inline, as above
-                    pass
-                return False
-            finally:
-                outbox.waiter = None
-    except TimeoutError:
-        if waiter.expired():
-            return True
-        raise  # from receive() itself
-
-
-async def _look(receive: Receive, outbox: _Outbox) -> bool:
+async def _look(receive: Receive) -> bool:
     """Whether the client has disconnected, from what ``receive()`` has ready now (or
     within a millisecond: a middleware's ``receive`` may take a few turns of the loop)."""
-    first = outbox.first_receive
-    if first is not None:
-        outbox.first_receive = None
-        if not first.done():
-            await asyncio.wait((first,), timeout=_LOOK_TIMEOUT)
-        if not first.done():
-            # After _LOOK_EVERY seconds of sending it carries no request (that comes at once):
-            # it only waits for the disconnect, and may be cancelled like the later ones. A
-            # new receive() also lets the server read the socket again (uvicorn pauses it).
-            first.cancel()
-        elif first.result()["type"] == "http.disconnect":
-            return True
     with anyio.move_on_after(_LOOK_TIMEOUT):
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -324,16 +307,122 @@ async def _look(receive: Receive, outbox: _Outbox) -> bool:
     return False
 
 
-def _asyncio_timeout_works() -> bool:
-    """Whether this task runs on asyncio with an ``asyncio.timeout`` that composes with
-    other cancellations (3.11.3+: gh-102780); otherwise (trio) anyio's cancel scopes."""
-    if sys.version_info < (3, 11, 3):
-        return False
+def _on_asyncio() -> bool:
+    """Whether this task runs on asyncio (else trio, through anyio)."""
     try:
         asyncio.current_task()
     except RuntimeError:  # no asyncio loop in this thread: trio
         return False
     return True
+
+
+class _Watch:
+    """The asyncio sender's watch over its client: one pending ``receive()`` (its answer
+    wakes the idle sender), and one timer for pings and ``send_timeout``."""
+
+    __slots__ = (
+        "last",
+        "loop",
+        "outbox",
+        "ping",
+        "ping_due",
+        "receive",
+        "receiving",
+        "send_timeout",
+        "sending_since",
+        "task",
+        "timed_out",
+        "timer",
+    )
+
+    def __init__(
+        self, outbox: _Outbox, receive: Receive, ping: float | None, send_timeout: float | None
+    ) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.outbox = outbox
+        self.receive = receive
+        self.ping = ping
+        self.send_timeout = send_timeout
+        self.ping_due = False
+        self.timed_out = False
+        self.sending_since: float | None = None
+        self.last = loop.time()  # of the last send
+        self.receiving: asyncio.Future[Message] = self._receive()
+        self.timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _receive(self) -> asyncio.Future[Message]:
+        receiving = asyncio.ensure_future(self.receive())
+        receiving.add_done_callback(self._answered)
+        return receiving
+
+    def _answered(self, receiving: asyncio.Future[Message]) -> None:
+        self.outbox.wake()
+
+    def client_gone(self) -> bool:
+        """The pending ``receive()`` answered: ``True`` for a disconnect; another message
+        (the request's body, not read by the endpoint) is dropped and the next awaited."""
+        message = self.receiving.result()  # an error of receive() itself propagates
+        if message["type"] == "http.disconnect":
+            return True
+        self.receiving = self._receive()
+        return False
+
+    def _arm(self) -> None:
+        """Time the next look: when a ping is due (a ping interval after the last send, or
+        after this send once it ends), or when the send in flight would be late."""
+        now = self.loop.time()
+        since = self.sending_since
+        due = math.inf
+        if self.ping is not None:
+            due = self.last + self.ping if since is None else now + self.ping
+        if self.send_timeout is not None:
+            due = min(due, (now if since is None else since) + self.send_timeout)
+        if due < math.inf:
+            self.timer = self.loop.call_at(max(due, now), self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        since = self.sending_since
+        if since is not None and self.send_timeout is not None and now - since >= self.send_timeout:
+            self.timed_out = True
+            self.task.cancel()  # the send in flight raises CancelledError: see send()
+            return
+        if self.ping is not None and since is None and now - self.last >= self.ping:
+            self.ping_due = True
+            self.last = now  # the next ping is due a ping interval after this one
+            self.outbox.wake()
+        self._arm()
+
+    async def send(self, send: Send, body: bytes, *, more_body: bool) -> bool:
+        """Send ``body``; ``False`` when the client is gone or was dropped for taking no
+        data for ``send_timeout`` seconds."""
+        message = {"type": "http.response.body", "body": body, "more_body": more_body}
+        self.sending_since = self.loop.time()
+        try:
+            await send(message)
+        except asyncio.CancelledError:
+            if not self.timed_out or self.task.uncancel():
+                raise  # not (only) ours
+            logger.info("streamflow: dropping a client that took no data for %ss", self.send_timeout)
+            return False
+        except OSError:  # ASGI 2.4 servers raise it for a disconnected client
+            return False
+        finally:
+            self.sending_since = None
+        self.last = self.loop.time()
+        return True
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.receiving.remove_done_callback(self._answered)
+        self.receiving.cancel()
 
 
 @functools.lru_cache(maxsize=256)
@@ -376,23 +465,22 @@ class _Outbox:
     """Encoded bytes between the producer and the sender: several events ready at once
     leave in one body message, and at most ``limit`` bytes wait for a slow client."""
 
-    __slots__ = ("_space", "chunks", "delivered", "finished", "first_receive", "limit", "size", "waiter")
+    __slots__ = ("_space", "chunks", "delivered", "finished", "limit", "size", "waiter")
 
     def __init__(self, limit: int) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit
-        self.waiter: anyio.CancelScope | asyncio.Timeout | None = None  # the idle sender's wait
+        self.waiter: anyio.CancelScope | asyncio.Future[None] | None = None  # the idle sender's wait
         self._space: anyio.Event | None = None  # only while the producer waits for room
         self.finished = False
         self.delivered = False  # every event went out: what follows is no disconnect mid-stream
-        self.first_receive: asyncio.Future[Message] | None = None  # see EventStreamResponse._deliver
 
     def put_nowait(self, chunk: bytes) -> None:
         if chunk:
             self.chunks.append(chunk)
             self.size += len(chunk)
-            self._wake()
+            self.wake()
 
     async def wait_for_space(self) -> None:
         self._space = anyio.Event()
@@ -409,14 +497,14 @@ class _Outbox:
 
     def finish(self) -> None:
         self.finished = True
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """End the idle sender's wait (it is not waiting when it is sending)."""
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None
             if isinstance(waiter, anyio.CancelScope):
                 waiter.cancel()
-            elif not waiter.expired():
-                waiter.reschedule(0)  # expires at once: the sender sees the queued data
+            elif not waiter.done():
+                waiter.set_result(None)
