@@ -1,10 +1,11 @@
 """Run every streamflow benchmark and print their tables (Markdown).
 
     python benchmarks/run_all.py            # the full run behind docs/performance.md
-    python benchmarks/run_all.py --quick    # a smoke run, well under a minute
+    python benchmarks/run_all.py --quick    # a smoke run, a minute or two
+    python benchmarks/run_all.py --capacity # also capacity.py: 15-20 min more (2 with --quick)
 
 Each benchmark also runs alone: ``python benchmarks/encode.py``, ``stream.py``,
-``memory.py``, ``hub.py`` (each with ``--quick``).
+``memory.py``, ``hub.py``, ``stalled.py``, ``capacity.py`` (each with ``--quick``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import sys
 import time
 from collections.abc import Sequence
 
+import capacity
 import encode
 import hub
 import memory
+import stalled
 import stream
 from _common import machine
 
@@ -25,6 +28,7 @@ from _common import machine
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run of every benchmark")
+    parser.add_argument("--capacity", action="store_true", help="also run capacity.py, the longest by far")
     args = parser.parse_args(argv)
     passed = ["--quick"] if args.quick else []
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["run_all", *argv])
@@ -37,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = hub.main(passed)
     if status:
         return status
+    status = stalled.main(passed, header=False)
+    if status:
+        return status
+    if args.capacity:
+        status = capacity.main(passed, header=False)
+        if status:
+            return status
     print(f"All benchmarks took {time.perf_counter() - started:.0f} s.")
     return 0
 

@@ -145,6 +145,7 @@ class EventStreamResponse(Response):
                 tasks.start_soon(self._produce if self.pairs is None else self._produce_pairs, outbox)
                 await self._deliver(outbox, receive, send)
                 tasks.cancel_scope.cancel()
+            outbox.chunks.clear()  # a dropped stream's bytes go now, not with a later GC cycle
             if not outbox.delivered:
                 logger.debug("streamflow: the client went away; the source was cancelled")
         if self.background is not None:
@@ -487,10 +488,22 @@ class _Outbox:
         await self._space.wait()
 
     def take(self) -> bytes:
-        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks.clear()
-        self.size = 0
-        if self._space is not None:
+        """What is queued, as one body: at most ``limit`` bytes (or one chunk), so that a
+        client that stops reading holds at most about three times ``limit``: the outbox, the
+        message its ``send()`` waits with, and the one in the server's buffer."""
+        chunks = self.chunks
+        if self.size <= self.limit:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            count, total = 1, len(chunks[0])
+            while count < len(chunks) and total + len(chunks[count]) <= self.limit:
+                total += len(chunks[count])
+                count += 1
+            body = b"".join(chunks[:count])
+            del chunks[:count]
+        self.size -= len(body)
+        if self._space is not None and self.size < self.limit:
             self._space.set()
             self._space = None
         return body

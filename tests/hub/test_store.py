@@ -207,11 +207,11 @@ async def test_a_store_failure_gives_readers_an_error_and_keeps_the_last_id() ->
         async def send(message: Message) -> None:
             body.append(message.get("body", b""))
             if b"data:" in message.get("body", b""):
-                store.broken = True
+                store.broken = True  # reads fail from now on...
+                gate.set()  # ...the next one when "b" wakes the reader
 
         with anyio.fail_after(10):
             await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
-        gate.set()
     decoded = SSEDecoder().feed(b"".join(body))
     events = [parse_event(sse.data) for sse in decoded]
     assert events[0] == Delta(value="a")

@@ -42,6 +42,7 @@ _SEPARATOR: Final = "."
 _GAP_JSON: Final = Gap().to_json()
 _ERROR_PREFIX: Final = '{"type":"error"'
 _READ_MAX: Final = 1000  # the most events of one store read
+_PAIR_COST: Final = 200  # bytes an event of a read holds besides its JSON: its id, its pair
 _READ_FIRST: Final = 16  # the events of a reader's first read, before their size is known
 _METADATA: Final = TypeAdapter(dict[str, JsonValue])
 
@@ -71,6 +72,12 @@ class _LocalRun:
     generation: int = 0  # bumped when a reader arrives: a pending grace timer is void
     reason: Literal["policy", "shutdown", "lease"] = "policy"
     beating: bool = False  # a heartbeat of it is in flight
+    # Set (and replaced) after each append, and at its end: its local readers wait for it.
+    appended: anyio.Event = field(default_factory=anyio.Event)
+
+    def wake_readers(self) -> None:
+        appended, self.appended = self.appended, anyio.Event()
+        appended.set()
 
 
 class _Wake:

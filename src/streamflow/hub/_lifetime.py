@@ -100,6 +100,7 @@ class _Lifetime(_HubBase):
         for run in self._runs.values():
             run.reason = "shutdown"
             run.scope.cancel()
+            run.wake_readers()
 
     async def _heartbeats(self) -> None:
         """Renew every local run's lease every third of it. Passes keep their own clock and

@@ -18,6 +18,7 @@ from streamflow.hub._base import (
     _DONE,
     _DONE_JSON,
     _GAP_JSON,
+    _PAIR_COST,
     _READ_FIRST,
     _READ_MAX,
     _SEPARATOR,
@@ -37,6 +38,7 @@ from streamflow.stores.base import (
     ReplayUnavailableError,
     RunInfo,
     SessionInfo,
+    StoredEvent,
     UnknownRunError,
 )
 
@@ -182,9 +184,16 @@ class _Reading(_Recording):
         ended = False
         limit = _READ_FIRST  # until the size of this run's events is known
         while True:
+            # A run produced here wakes its readers itself after each append: they read without
+            # blocking in the store (no timeout, no held connection) and wait for that wake.
+            local = None if ended else self._runs.get(run_id)
+            appended = local.appended if local is not None else None  # taken before the read
             try:
-                block = None if ended else self.poll
-                batch = await self._wait(partial(store.read, run_id, after, limit=limit, block=block))
+                if appended is not None:
+                    batch: list[StoredEvent] | None = await store.read(run_id, after, limit=limit)
+                else:
+                    block = None if ended else self.poll
+                    batch = await self._wait(partial(store.read, run_id, after, limit=limit, block=block))
             except InvalidEventIdError:
                 yield _refusal("invalid_event_id", "The Last-Event-ID was not issued by this stream.")
                 yield "done"
@@ -209,8 +218,10 @@ class _Reading(_Recording):
                 # (run.seq, JSON) pairs, made in C: the stored JSON goes to the wire as it is.
                 ids = map(prefix.__add__, map(_first, batch))
                 pairs: _Pairs = list(zip(ids, map(_second, batch), strict=True))
-                size = sum(map(len, map(_second, batch)))
-                limit = max(1, min(_READ_MAX, len(batch) * self.buffer_size // max(1, size)))
+                # What a read holds: the events' JSON, and an id and a pair for each; a quarter
+                # of the buffer, so that a reader's outbox holds at most about 1.25 buffers.
+                size = sum(map(len, map(_second, batch))) + _PAIR_COST * len(batch)
+                limit = max(1, min(_READ_MAX, len(batch) * (self.buffer_size // 4) // size))
                 if batch[-1][1] == _DONE_JSON:  # the grammar: a run's one Done is its last event
                     yield pairs
                     yield "done"
@@ -222,6 +233,12 @@ class _Reading(_Recording):
             if ended:  # ended, and nothing after `after` even on a second look
                 yield "caught_up"
                 return
+            if appended is not None:
+                await appended.wait()  # set after its next append, at its end, on shutdown
+                if self._closing:
+                    yield "closed"
+                    return
+                continue
             info = await self._wait(lambda: store.run_info(run_id))
             if info is None or self._closing:
                 yield "closed"

@@ -146,7 +146,7 @@ class _Recording(_Lifetime):
         batcher = _Batcher()
         try:
             with run.scope:
-                await batcher.record(store, run_id, events)
+                await batcher.record(store, run, events)
         except RunFinishedError:
             status = None  # ended elsewhere (its lease was lost, or a reader marked it failed)
         except _UncarriableEventError as exc:
@@ -196,6 +196,7 @@ class _Recording(_Lifetime):
         finally:
             self._runs.pop(run_id, None)
             run.done.set()
+            run.wake_readers()  # they read its end from the store
         if escaping is not None:
             raise _first_interrupt(escaping)
 
@@ -228,13 +229,13 @@ class _Batcher:
         self.wake: anyio.Event | None = None  # set when the writer waits for events
         self.space: anyio.Event | None = None  # set when the source waits for the writer
 
-    async def record(self, store: Store, run_id: str, events: AsyncGenerator[Event, None]) -> None:
+    async def record(self, store: Store, run: _LocalRun, events: AsyncGenerator[Event, None]) -> None:
         """Append the events of ``events`` to the run, in batches."""
         failure: BaseException | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.collect, events)
             try:
-                await self.write(store, run_id)
+                await self.write(store, run)
             except Exception as exc:
                 failure = exc
                 tasks.cancel_scope.cancel()
@@ -272,7 +273,8 @@ class _Batcher:
                 self.wake.set()
                 self.wake = None
 
-    async def write(self, store: Store, run_id: str) -> None:
+    async def write(self, store: Store, run: _LocalRun) -> None:
+        run_id = run.run_id
         while True:
             batch = self.pending
             if not batch:
@@ -291,6 +293,8 @@ class _Batcher:
                 raise
             except Exception as exc:  # the store refused this batch's content: find the event
                 await _append_each(store, run_id, batch, exc)
+            finally:
+                run.wake_readers()
         if self.error is not None:
             raise self.error
 
