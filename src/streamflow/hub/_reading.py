@@ -188,6 +188,7 @@ class _Reading(_Recording):
             # blocking in the store (no timeout, no held connection) and wait for that wake.
             local = None if ended else self._runs.get(run_id)
             appended = local.appended if local is not None else None  # taken before the read
+            asked = limit
             try:
                 if appended is not None:
                     batch: list[StoredEvent] | None = await store.read(run_id, after, limit=limit)
@@ -229,6 +230,12 @@ class _Reading(_Recording):
                 yield pairs
                 after = batch[-1][0]
                 ended = False
+                if appended is not None and len(batch) < asked and not appended.is_set():
+                    # It had nothing more, and nothing was appended since: wait, then read.
+                    await appended.wait()
+                    if self._closing:
+                        yield "closed"
+                        return
                 continue
             if ended:  # ended, and nothing after `after` even on a second look
                 yield "caught_up"
