@@ -14,6 +14,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from streamflow._anyio import new_event
 from streamflow.adapters.iterable import ErrorHandler, Source, from_iterable, hide_exception
 from streamflow.encoders.base import Encoder, IdPairs, encode_pairs
 from streamflow.encoders.json_events import JSONEncoder
@@ -484,7 +485,7 @@ class _Outbox:
             self.wake()
 
     async def wait_for_space(self) -> None:
-        self._space = anyio.Event()
+        self._space = new_event()
         await self._space.wait()
 
     def take(self) -> bytes:

@@ -14,6 +14,7 @@ import anyio.abc
 from pydantic import JsonValue, TypeAdapter
 from starlette.requests import Request
 
+from streamflow._anyio import new_event
 from streamflow.adapters.iterable import ErrorHandler, hide_exception
 from streamflow.encoders.base import Encoder
 from streamflow.encoders.json_events import JSONEncoder
@@ -67,16 +68,16 @@ class _LocalRun:
     run_id: str
     session_id: str
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=new_event)
     readers: int = 0
     generation: int = 0  # bumped when a reader arrives: a pending grace timer is void
     reason: Literal["policy", "shutdown", "lease"] = "policy"
     beating: bool = False  # a heartbeat of it is in flight
     # Set (and replaced) after each append, and at its end: its local readers wait for it.
-    appended: anyio.Event = field(default_factory=anyio.Event)
+    appended: anyio.Event = field(default_factory=new_event)
 
     def wake_readers(self) -> None:
-        appended, self.appended = self.appended, anyio.Event()
+        appended, self.appended = self.appended, new_event()
         appended.set()
 
 
@@ -86,7 +87,7 @@ class _Wake:
     __slots__ = ("event", "waiters")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = new_event()
         self.waiters = 0
 
 

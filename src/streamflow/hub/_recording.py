@@ -12,6 +12,7 @@ import anyio
 import anyio.abc
 from pydantic import JsonValue
 
+from streamflow._anyio import new_event
 from streamflow.adapters.iterable import Source, from_iterable, is_failure
 from streamflow.events import Event
 from streamflow.hub._base import (
@@ -255,7 +256,7 @@ class _Batcher:
                     self.wake.set()
                     self.wake = None
                 if len(pending) >= _BATCH:  # also: a source that never awaits must not hold the loop
-                    space = self.space = anyio.Event()
+                    space = self.space = new_event()
                     await space.wait()
             self.complete = True
         except Exception as exc:
@@ -280,7 +281,7 @@ class _Batcher:
             if not batch:
                 if self.ended:
                     break
-                wake = self.wake = anyio.Event()
+                wake = self.wake = new_event()
                 await wake.wait()
                 continue
             self.pending = []

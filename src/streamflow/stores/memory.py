@@ -12,6 +12,7 @@ from typing import Final
 import anyio
 from pydantic import JsonValue
 
+from streamflow._anyio import new_event
 from streamflow.events import Event
 from streamflow.stores.base import (
     InvalidEventIdError,
@@ -232,7 +233,7 @@ class MemoryStore:
         if seq == run.last_seq and block and run.status == "running":
             changed = run.changed
             if changed is None:
-                changed = run.changed = anyio.Event()
+                changed = run.changed = new_event()
             with anyio.move_on_after(block):
                 await changed.wait()
             run = self._run(run_id)
