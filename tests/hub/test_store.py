@@ -279,7 +279,10 @@ async def read_to_done(store: Store, run: str) -> list[StoredEvent]:
 
 
 class CountingStore(MemoryStore):
-    """A MemoryStore that records the size of every ``append_many``."""
+    """A MemoryStore that records the size of every ``append_many``, and whose appends the
+    hub treats as a network store's (they may wait): it hands them to a writer, in batches."""
+
+    immediate_appends = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -319,6 +322,32 @@ async def test_the_hub_appends_ready_events_together_and_never_holds_one_back() 
             Delta(value="second"),
             Done(),
         ]
+
+
+async def test_a_store_whose_appends_never_wait_gets_each_event_from_the_sources_task() -> None:
+    """MemoryStore (immediate_appends): no writer task; each event is appended as it is
+    yielded, and a source that never awaits still lets other tasks run."""
+
+    class Immediate(CountingStore):
+        immediate_appends = True
+
+    store = Immediate()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.sleep(0)
+
+    async with StreamHub(store, on_last_reader_gone="finish") as hub, anyio.create_task_group() as tasks:
+        tasks.start_soon(ticker)
+        session = await hub.create_session()
+        run = await hub.start(session, [f"{i}" for i in range(3000)])  # all ready at once
+        assert len(await read_to_done(store, run)) == 3001
+        tasks.cancel_scope.cancel()
+    assert store.batches == [1] * 3001
+    assert ticks >= 2  # the run let the loop turn
 
 
 async def test_a_finished_memory_run_holds_only_what_it_retains() -> None:

@@ -73,12 +73,23 @@ class _LocalRun:
     generation: int = 0  # bumped when a reader arrives: a pending grace timer is void
     reason: Literal["policy", "shutdown", "lease"] = "policy"
     beating: bool = False  # a heartbeat of it is in flight
-    # Set (and replaced) after each append, and at its end: its local readers wait for it.
-    appended: anyio.Event = field(default_factory=new_event)
+    # Made by a reader that waits for the next append; set (and dropped) after each append,
+    # at the run's end and on shutdown. None while no reader waits: an append costs nothing.
+    _appended: anyio.Event | None = None
+
+    @property
+    def appended(self) -> anyio.Event:
+        """The event the run's next append sets (a local reader takes it before it reads)."""
+        appended = self._appended
+        if appended is None:
+            appended = self._appended = new_event()
+        return appended
 
     def wake_readers(self) -> None:
-        appended, self.appended = self.appended, new_event()
-        appended.set()
+        appended = self._appended
+        if appended is not None:
+            self._appended = None
+            appended.set()
 
 
 class _Wake:

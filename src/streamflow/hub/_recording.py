@@ -10,6 +10,7 @@ from typing import Final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from pydantic import JsonValue
 
 from streamflow._anyio import new_event
@@ -231,7 +232,11 @@ class _Batcher:
         self.space: anyio.Event | None = None  # set when the source waits for the writer
 
     async def record(self, store: Store, run: _LocalRun, events: AsyncGenerator[Event, None]) -> None:
-        """Append the events of ``events`` to the run, in batches."""
+        """Append the events of ``events`` to the run, in batches (or, for a store whose
+        appends never wait, one by one in this task: see :meth:`record_inline`)."""
+        if getattr(store, "immediate_appends", False):
+            await self.record_inline(store, run, events)
+            return
         failure: BaseException | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.collect, events)
@@ -242,6 +247,29 @@ class _Batcher:
                 tasks.cancel_scope.cancel()
         if failure is not None:
             raise failure
+
+    async def record_inline(self, store: Store, run: _LocalRun, events: AsyncGenerator[Event, None]) -> None:
+        """Append each event as its source yields it, in this task: for a store whose
+        appends complete without waiting (``immediate_appends``, e.g. ``MemoryStore``) a
+        writer task would only add a hop between tasks to every event."""
+        run_id, count = run.run_id, 0
+        async for event in events:
+            text = await _carried(event, events)
+            if text.startswith(_ERROR_PREFIX):
+                self.failed = True
+            try:
+                await store.append_many(run_id, (text,))
+            except StoreError:
+                raise
+            except Exception as exc:  # the store refused this event's content
+                raise _UncarriableEventError(f"the store refused an event: {exc!r}") from exc
+            finally:
+                run.wake_readers()
+            del event, text
+            count += 1
+            if count % _BATCH == 0:  # a source that never awaits must not hold the loop
+                await anyio.lowlevel.checkpoint()
+        self.complete = True
 
     async def collect(self, events: AsyncGenerator[Event, None]) -> None:
         try:

@@ -137,6 +137,11 @@ class Store(Protocol):
     Every method is a coroutine and safe to call concurrently. Retention (how long and how
     many finished runs and sessions are kept, how many events per run) is the store's
     configuration, applied by the store itself (timers, ``MAXLEN``, TTLs).
+
+    A store whose :meth:`append_many` completes without ever waiting (in memory) may set a
+    class attribute ``immediate_appends = True``: the hub then appends each event in its
+    source's task as it is yielded, instead of handing batches to a writer task (a hop
+    between tasks per event, which only pays when appends wait, as a network store's do).
     """
 
     async def create_session(

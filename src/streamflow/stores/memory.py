@@ -87,6 +87,8 @@ class MemoryStore:
     use. Event ids are decimal sequence numbers from ``1``.
     """
 
+    immediate_appends = True  # append_many never waits: the hub appends in the source's task
+
     def __init__(
         self,
         *,
