@@ -1,8 +1,9 @@
 """One replica of a hub app on a shared Redis, run by the tests as a uvicorn subprocess.
 
-``uvicorn tests.hub._redis_replica_app:app`` with ``STREAMFLOW_REDIS_URL``,
-``STREAMFLOW_REDIS_PREFIX``, ``STREAMFLOW_LEASE``, ``STREAMFLOW_POLL`` and
-``STREAMFLOW_RETRY_FOR`` (the store's ``retry_for``) in the environment.
+``uvicorn tests.hub._redis_replica_app:app`` with ``STREAMFLOW_REDIS_URL`` (a
+``redis+cluster://`` URL for a Redis Cluster), ``STREAMFLOW_REDIS_PREFIX``,
+``STREAMFLOW_LEASE``, ``STREAMFLOW_POLL`` and ``STREAMFLOW_RETRY_FOR`` (the store's
+``retry_for``) in the environment.
 """
 
 from __future__ import annotations

@@ -26,7 +26,13 @@ from tests.conftest import serve
 StoreFactory = Callable[..., Store]
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.slow),
+        pytest.param("redis-cluster", marks=pytest.mark.slow),
+    ]
+)
 def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
     """Makes a fresh store of each backend (the Redis helper adds its param here).
 
@@ -50,6 +56,10 @@ def store_factory(request: pytest.FixtureRequest) -> Iterator[StoreFactory]:
             return RedisStore(url, prefix=f"test-{secrets.token_hex(6)}", **kept)  # type: ignore[arg-type]
 
         yield make_redis
+    elif request.param == "redis-cluster":  # the session's three-master Redis Cluster
+        from tests.hub._redis_server import cluster_store_factory
+
+        yield cluster_store_factory(request.config)
     else:  # pragma: no cover
         raise AssertionError(request.param)
 

@@ -1,13 +1,19 @@
 """RedisStore against a real ``redis-server``: the store itself, two uvicorn replicas sharing
 one Redis (resume across replicas, a SIGKILLed producer), Redis pausing or restarting
 mid-run (retried: no run fails, no event is lost or doubled) and Redis dying mid-stream.
+Then the blocked readers sharing a few connections (a thousand readers on at most 32, a
+cancelled waiter, CLIENT UNBLOCK, fan-out), on a single server and on the session's
+three-master cluster (the ``backend`` fixture).
 
-The store-agnostic hub tests (``test_hub.py``) also run with RedisStore, through the
-``store`` fixture's ``redis`` param.
+The store-agnostic tests (``test_store.py``, ``test_hub.py``...) also run with RedisStore,
+through the ``store`` fixture's ``redis`` and ``redis-cluster`` params; the cluster's own
+tests are in ``test_redis_cluster.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import secrets
 import signal
 import subprocess
@@ -39,7 +45,7 @@ from streamflow.stores import (
     UnknownRunError,
 )
 from streamflow.stores.redis import RedisStore, RedisStoreError
-from tests.hub._redis_server import RedisServer, shared_redis
+from tests.hub._redis_server import RedisServer, shared_redis, shared_redis_cluster
 from tests.hub._replicas import ROOT, Replica
 from tests.hub._replicas import start_replica as _start_replica
 from tests.hub.conftest import Control, hub_app, serve_hub
@@ -100,7 +106,7 @@ async def test_maxlen_drops_old_events_and_says_so(redis_server: RedisServer, pr
         assert [e[0] for e in tail] == [str(i) for i in range(991, 1001)]
         # Exactly at the edge: the events after the last dropped one are all there.
         client = store.client
-        head = await client.xrange(f"{prefix}:run:{{{run}}}:events", count=1)
+        head = await client.xrange(store._run_keys(run)[1], count=1)
         assert head
         first = head[0][0]
         assert isinstance(first, bytes)
@@ -245,7 +251,7 @@ async def test_a_trimmed_run_tells_where_its_retained_events_begin(
         run = await store.create_run("s", producer="p", lease=5)
         for start in range(0, 1000, 10):
             await store.append_many(run, [Delta(value=str(i)) for i in range(start, start + 10)])
-        head = await store.client.xrange(f"{prefix}:run:{{{run}}}:events", count=1)
+        head = await store.client.xrange(store._run_keys(run)[1], count=1)
         first = int(head[0][0].split(b"-")[1])
         assert 1 < first <= 996
         for after in (None, "0", "3", str(first - 2)):
@@ -452,6 +458,12 @@ def test_which_failures_are_retried() -> None:
         errors.ResponseError("LOADING Redis is loading the dataset in memory"),
         errors.ResponseError("TRYAGAIN"),
         ConnectionResetError(104, "Connection reset by peer"),
+        # A cluster in a failover or a resharding.
+        errors.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        errors.ResponseError("CLUSTERDOWN Hash slot not served"),
+        errors.SlotNotCoveredError('Slot "42" is not covered by the cluster.'),
+        errors.ClusterError("TTL exhausted."),
+        errors.MaxConnectionsError("Too many connections"),
     ]
     raised = [
         errors.ResponseError("ERR unknown command"),
@@ -459,6 +471,8 @@ def test_which_failures_are_retried() -> None:
         errors.AuthenticationError("invalid password"),
         errors.DataError("Invalid input"),
         errors.NoPermissionError("this user has no permissions"),
+        errors.ResponseError("CROSSSLOT Keys in request don't hash to the same slot"),
+        errors.RedisClusterException("XREAD - all keys must map to the same key slot"),
     ]
     assert [exc for exc in retried if not _transient(exc)] == []
     assert [exc for exc in raised if _transient(exc)] == []
@@ -543,8 +557,15 @@ def start_run(replica: Replica, session: str, **params: object) -> str:
 def test_a_client_resumes_on_another_replica_then_the_producer_replica_is_killed(
     redis_server: RedisServer, prefix: str, start_replica: StartReplica
 ) -> None:
-    a = start_replica(redis_server.url, prefix, "a")
-    b = start_replica(redis_server.url, prefix, "b")
+    resume_across_replicas_then_kill_the_producer(redis_server.url, prefix, start_replica)
+
+
+def resume_across_replicas_then_kill_the_producer(url: str, prefix: str, start_replica: StartReplica) -> None:
+    """Two replicas on the Redis at ``url`` (a single server or a cluster): a client resumes
+    on B what it read on A, at several cut points; B serves A's sessions; A is SIGKILLed
+    mid-run and B's readers get ``producer_lost``."""
+    a = start_replica(url, prefix, "a")
+    b = start_replica(url, prefix, "b")
 
     # Resume across replicas, at several cut points: 0 lost, 0 duplicated.
     for cut in (0, 1, 17, 40):
@@ -717,10 +738,11 @@ def follow_in_thread(url: str) -> tuple[Reading, threading.Thread]:
 def final_status(url: str, prefix: str, run: str) -> str | None:
     """The run's status once it is not ``running`` (the hub records the end just after
     its ``Done``), or ``running`` after 5 s."""
+    run_key = RedisStore(url, prefix=prefix)._run_keys(run)[0]  # a store that never connects
     with redis.Redis.from_url(url, decode_responses=True) as client:
         deadline = time.monotonic() + 5
         while True:
-            status: str | None = client.hget(f"{prefix}:run:{{{run}}}", "status")  # type: ignore[assignment]
+            status: str | None = client.hget(run_key, "status")  # type: ignore[assignment]
             if status != "running" or time.monotonic() > deadline:
                 return status
             time.sleep(0.02)
@@ -824,3 +846,315 @@ def test_a_new_reader_of_a_trimmed_run_joins_it_after_a_gap(prefix: str, redis_s
         ]
         refused = read(f"{url}/runs/{run}/stream", last_id=f"{run}.1", timeout=10)
         assert [e.code for e in refused.events if isinstance(e, Error)] == ["replay_unavailable"]
+
+
+# --- blocked readers share a few connections ---------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """A single ``redis-server`` or the session's three-master cluster, for the tests of the
+    shared readers: ``store(prefix, name)`` makes a store whose connections are named
+    ``name`` (``CLIENT SETNAME``), ``connections(name)`` counts them on every node."""
+
+    kind: str
+    url: str
+    ports: list[int]
+
+    def store(self, prefix: str, name: str, **options: Any) -> RedisStore:
+        return RedisStore(f"{self.url}?client_name={name}", prefix=prefix, **options)
+
+    async def connections(self, name: str) -> int:
+        total = 0
+        for port in self.ports:
+            async with aioredis.Redis(host="127.0.0.1", port=port) as admin:
+                total += sum(1 for client in await admin.client_list() if client.get("name") == name)
+        return total
+
+    async def flush_scripts(self) -> None:
+        for port in self.ports:
+            async with aioredis.Redis(host="127.0.0.1", port=port) as admin:
+                await admin.script_flush()
+
+    async def unblocks(self) -> int:
+        """How many ``CLIENT UNBLOCK`` the nodes ran (``INFO commandstats``)."""
+        total = 0
+        for port in self.ports:
+            async with aioredis.Redis(host="127.0.0.1", port=port) as admin:
+                stats = await admin.info("commandstats")
+            total += int(stats.get("cmdstat_client|unblock", {}).get("calls", 0))
+        return total
+
+
+@pytest.fixture(params=["server", "cluster"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "server":
+        server = shared_redis(request.config)
+        return Backend("server", server.url, [server.port])
+    cluster = shared_redis_cluster(request.config)
+    return Backend("cluster", cluster.url, cluster.ports)
+
+
+@asynccontextmanager
+async def peak_connections(backend: Backend, name: str) -> AsyncIterator[list[int]]:
+    """Samples the connections named ``name`` every 10 ms meanwhile: yields ``[peak]``."""
+    peak = [0]
+    admins = [aioredis.Redis(host="127.0.0.1", port=port) for port in backend.ports]
+
+    async def sample() -> None:
+        while True:
+            count = 0
+            for admin in admins:
+                count += sum(1 for client in await admin.client_list() if client.get("name") == name)
+            peak[0] = max(peak[0], count)
+            await anyio.sleep(0.01)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sample)
+            yield peak
+            tasks.cancel_scope.cancel()
+    finally:
+        for admin in admins:
+            await admin.aclose()
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 - a condition of the store's state, no event
+            await anyio.sleep(0.005)
+
+
+DONE_JSON = Done().to_json()
+
+
+async def read_to_the_end(store: RedisStore, run: str, *, limit: int = 100) -> list[tuple[str, str]]:
+    """What the hub does: read with ``block`` until the run's ``Done``."""
+    events: list[tuple[str, str]] = []
+    after: str | None = None
+    while True:
+        batch = await store.read(run, after, limit=limit, block=1.0)
+        events.extend(batch)
+        if batch:
+            after = batch[-1][0]
+            if batch[-1][1] == DONE_JSON:
+                return events
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(180)
+async def test_a_thousand_blocked_readers_share_at_most_32_connections(backend: Backend, prefix: str) -> None:
+    """1,000 readers blocked at once on 100 live runs (10 each) of one store; then each run
+    gets 20 events, 0-50 ms apart, and its Done. Every reader gets every event once, in
+    order, and the store never has more than 32 connections (``CLIENT LIST``, every node)."""
+    runs_count, readers_per_run, events_count = 100, 10, 20
+    name = f"sf-{secrets.token_hex(4)}"
+    store = backend.store(prefix, name)
+    try:
+        runs = []
+        for i in range(runs_count):
+            await store.create_session(f"s{i}")
+            runs.append(await store.create_run(f"s{i}", producer="p", lease=60))
+        await backend.flush_scripts()  # every reader's first read finds no script: EVAL
+        got: dict[tuple[str, int], list[tuple[str, str]]] = {}
+
+        async def reader(run: str, index: int) -> None:
+            got[run, index] = await read_to_the_end(store, run)
+
+        async def produce(run: str, seed: int) -> None:
+            rng = random.Random(seed)
+            for i in range(events_count):
+                await anyio.sleep(rng.uniform(0, 0.05))
+                await store.append(run, Delta(value=str(i)))
+            await store.finish(run, "finished", final=[Done()])
+
+        async with peak_connections(backend, name) as peak, anyio.create_task_group() as tasks:
+            for run in runs:
+                for index in range(readers_per_run):
+                    tasks.start_soon(reader, run, index)
+            await wait_until(lambda: store._here().waiting() == runs_count * readers_per_run)
+            blocked = await backend.connections(name)
+            started = time.monotonic()
+            for seed, run in enumerate(runs):
+                tasks.start_soon(produce, run, seed)
+        elapsed = time.monotonic() - started
+        expected = [(str(i + 1), Delta(value=str(i)).to_json()) for i in range(events_count)]
+        expected.append((str(events_count + 1), DONE_JSON))
+        assert len(got) == runs_count * readers_per_run
+        wrong = [key for key, events in got.items() if events != expected]
+        assert not wrong, f"{len(wrong)} readers got other events, e.g. {got[wrong[0]][:3]}"
+        print(
+            f"\n{backend.kind}: 1,000 blocked readers on {blocked} connections; peak {peak[0]} "
+            f"connections; the runs took {elapsed:.2f} s"
+        )
+        assert blocked <= 32
+        assert peak[0] <= 32
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_or_timed_out_waiter_leaves_nothing_behind(
+    backend: Backend, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamflow.stores.redis
+
+    monkeypatch.setattr(streamflow.stores.redis, "_MUX_LINGER", 0.3)  # (3 s)
+    name = f"sf-{secrets.token_hex(4)}"
+    store = backend.store(prefix, name)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=60)
+        here = store._here()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(lambda: store.read(run, block=30))
+            await wait_until(lambda: here.waiting() == 1)
+            tasks.cancel_scope.cancel()
+        assert here.waiting() == 0
+        assert await store.read(run, block=0.2) == []
+        assert here.waiting() == 0
+        # The stream stays in the XREAD a while (for a reader coming back), then the reader
+        # task ends and gives its connection back.
+        await wait_until(
+            lambda: not any(group.streams or group.task for group in here.groups.values()) and not here.tasks,
+            0.3 + streamflow.stores.redis._MUX_BLOCK + 5,
+        )
+        if backend.kind == "server":
+            assert isinstance(store.client, aioredis.Redis)
+            assert not store.client.connection_pool._in_use_connections  # type: ignore[attr-defined]
+        # And a new waiter is served as before.
+        async with anyio.create_task_group() as tasks:
+
+            async def append_soon() -> None:
+                await wait_until(lambda: here.waiting() == 1)
+                await store.append(run, Delta(value="a"))
+
+            tasks.start_soon(append_soon)
+            assert [event_id for event_id, _ in await store.read(run, block=10)] == ["1"]
+        assert here.waiting() == 0
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_new_stream_interrupts_the_blocked_xread(backend: Backend, prefix: str) -> None:
+    """A reader of a stream that the blocked ``XREAD`` does not have gets its event at once,
+    not at the end of the block (``CLIENT UNBLOCK``); then, the stream being kept, its next
+    wait needs none."""
+    from streamflow.stores.redis import _MUX_BLOCK
+
+    store = backend.store(prefix, f"sf-{secrets.token_hex(4)}")
+    try:
+        await store.create_session("s")
+        first = await store.create_run("s", producer="p", lease=60)  # the same shard: one XREAD
+        second = await store.create_run("s", producer="p", lease=60)
+        here = store._here()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(lambda: store.read(first, block=10))
+            await wait_until(lambda: any(group.blocked for group in here.groups.values()))
+            await anyio.sleep(0.05)
+            unblocks = await backend.unblocks()
+            woken: list[float] = []
+
+            async def second_reader(after: str | None) -> None:
+                await store.read(second, after, block=10)
+                woken.append(time.monotonic())
+
+            tasks.start_soon(second_reader, None)
+            await wait_until(lambda: here.waiting() == 2)
+            appended = time.monotonic()
+            await store.append(second, Delta(value="a"))
+            await wait_until(lambda: bool(woken), 5)
+            assert woken[0] - appended < _MUX_BLOCK * 0.8
+            assert await backend.unblocks() == unblocks + 1
+            # Waiting again on the same stream (kept in the XREAD): no CLIENT UNBLOCK.
+            tasks.start_soon(second_reader, "1")
+            await wait_until(lambda: here.waiting() == 2)
+            appended = time.monotonic()
+            await store.append(second, Delta(value="b"))
+            await wait_until(lambda: len(woken) == 2, 5)
+            assert woken[1] - appended < _MUX_BLOCK * 0.8
+            assert await backend.unblocks() == unblocks + 1
+            await store.finish(first, "finished", final=[Done()])
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+async def test_waiters_get_what_follows_their_id_or_read_again(backend: Backend, prefix: str) -> None:
+    """The shared XREAD's entries go to each waiter up to its ``limit``; a gap (``MAXLEN``
+    dropped what followed a waiter's id) sends it back to the script: ReplayUnavailable."""
+    store = backend.store(prefix, f"sf-{secrets.token_hex(4)}", maxlen=5)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=60)
+        here = store._here()
+        results: dict[str, Any] = {}
+
+        async def read(name: str, after: str | None, limit: int) -> None:
+            try:
+                results[name] = [
+                    event_id for event_id, _ in await store.read(run, after, limit=limit, block=10)
+                ]
+            except ReplayUnavailableError as exc:
+                results[name] = exc
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read, "two", None, 2)
+            tasks.start_soon(read, "all", None, 100)
+            await wait_until(lambda: here.waiting() == 2)
+            await store.append_many(run, [Delta(value=str(i)) for i in range(3)])
+        assert results == {"two": ["1", "2"], "all": ["1", "2", "3"]}
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(read, "late", "3", 100)
+            await wait_until(lambda: here.waiting() == 1)
+            await store.append_many(run, [Delta(value=str(i)) for i in range(500)])
+        assert isinstance(results["late"], ReplayUnavailableError)
+        assert results["late"].resume_after is not None
+        assert int(results["late"].resume_after) > 3
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("protocol", [2, 3])
+@pytest.mark.parametrize("decode_responses", [False, True])
+async def test_the_shared_reader_takes_any_client_of_the_user(
+    redis_server: RedisServer, prefix: str, protocol: int, decode_responses: bool
+) -> None:
+    """RESP2 or RESP3, bytes or decoded: the shared ``XREAD``'s replies are read alike."""
+    client = aioredis.Redis.from_url(redis_server.url, protocol=protocol, decode_responses=decode_responses)
+    store = RedisStore(client, prefix=prefix)
+    try:
+        await store.create_session("s")
+        run = await store.create_run("s", producer="p", lease=60)
+        here = store._here()
+        async with anyio.create_task_group() as tasks:
+
+            async def append_soon() -> None:
+                await wait_until(lambda: here.waiting() == 2)
+                await store.append_many(run, [Delta(value="é"), Delta(value="b")])
+
+            tasks.start_soon(append_soon)
+            first, second = await asyncio.gather(
+                store.read(run, block=10), store.read(run, block=10, limit=1)
+            )
+        events = [(event_id, parse_event(data)) for event_id, data in first]
+        assert events == [("1", Delta(value="é")), ("2", Delta(value="b"))]
+        assert second == first[:1]
+        # Back for what follows: it waits at once (no script) and gets it.
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(lambda: store.finish(run, "finished", final=[Done()]))
+            assert [parse_event(data) for _, data in await store.read(run, "2", block=10)] == [Done()]
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+def test_a_client_whose_pool_is_smaller_than_max_connections_is_refused() -> None:
+    pool = aioredis.BlockingConnectionPool.from_url("redis://127.0.0.1:1/0", max_connections=8)
+    with pytest.raises(ValueError, match="max_connections"):
+        RedisStore(aioredis.Redis(connection_pool=pool))
+    assert RedisStore(aioredis.Redis(connection_pool=pool), max_connections=8).max_connections == 8
+    with pytest.raises(ValueError, match="max_connections"):
+        RedisStore("redis://127.0.0.1:1/0", max_connections=1)

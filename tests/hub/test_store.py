@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
+import anyio.lowlevel
 import pytest
 from starlette.requests import Request
 from starlette.types import Message
@@ -338,7 +339,7 @@ async def test_a_store_whose_appends_never_wait_gets_each_event_from_the_sources
         nonlocal ticks
         while True:
             ticks += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     async with StreamHub(store, on_last_reader_gone="finish") as hub, anyio.create_task_group() as tasks:
         tasks.start_soon(ticker)

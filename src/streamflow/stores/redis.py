@@ -14,37 +14,45 @@ Every check-and-write (append to a running run, finish once, heartbeat by the ow
 is one Lua script, atomic in Redis; lease times are Redis's own clock (``TIME``), so the
 replicas' clocks need not agree.
 
-Keys and Redis Cluster. A script's keys must share one hash slot on a cluster, and so must
-the keys of one ``XREAD``. The store's keys therefore live in ``shards`` slots (16 by
-default), each named by a four-character hash tag ``T`` whose slot is spread evenly over
-the 16384 (``_shard_tag``): a session belongs to the shard its id hashes to, and each of
-its runs to the same one, with the tag as the first four characters of the run id (the
-rest is 96 random bits): a reader that knows only a run id (from ``Last-Event-ID``) knows
-its keys::
+Keys and Redis Cluster. On a cluster, the keys of one script must share a hash slot, and
+so must the keys of one ``XREAD`` (redis refuses ``CROSSSLOT`` even for two slots of one
+node). So the store's keys live in ``shards`` slots (16 by default), each named by a
+four-character hash tag ``T`` whose slot is the shard number's bits reversed (0, 8192,
+4096, 12288...: any number of shards spreads evenly over the slots, hence over the
+primaries). A session belongs to the shard its id hashes to, and each of its runs to the
+same one: a run id is ``T`` followed by 96 random bits, so that a reader that knows only a
+run id (from ``Last-Event-ID``) knows its keys::
 
-    {prefix}:session:{T}<session id>      hash: owner, metadata, created_at, latest
-    {prefix}:run:{T}<rest of run id>      hash: session, status, producer, lease, seq...
-    {prefix}:run:{T}<rest of run id>:events   the stream
+    {prefix}:session:{T}<session id>          hash: owner, metadata, created_at, latest
+    {prefix}:run:{T}<rest of the run id>      hash: session, status, producer, lease, seq...
+    {prefix}:run:{T}<rest of the run id>:events   the stream
 
-So ``create_run`` (the run, and the session's latest run) and ``heartbeat`` (the run, its
-events and the session's life) stay single atomic scripts on a cluster, and the blocked
-readers of a shard share one ``XREAD`` (below). Every replica must use the same ``shards``
-(a session is looked up by its shard); a cluster uses ``shards`` slots, so give it at
-least as many shards as primaries. On a single server the tags change nothing.
+Thus ``create_run`` (the run, and the session's latest run) and ``heartbeat`` (the run, its
+events and the session's life) stay single atomic scripts, and the blocked readers of a
+shard share one ``XREAD`` (below). (A tag per session would spread the keys over all the
+slots, but then the blocked readers would need a connection per slot waited on: as many
+as the runs, as before.) Every replica must use the same ``shards`` (a session is found by
+its shard); give a cluster at least as many shards as primaries. On a single server the
+tags change nothing. (Upgrading from a store without tags: the sessions and runs it made
+are not found by this one.)
 
-Blocked reads share connections. :meth:`RedisStore.read` first reads through its script;
-when a live run has nothing new and ``block`` is set, the read registers ``(its stream,
-its after id)`` with a reader task (one per event loop, and per shard on a cluster, one
-on a single server) and waits for that task's word. The task holds one connection in
-``XREAD BLOCK`` over every stream waited on (each with the last id known), and hands what
-comes back to every waiter of that stream in process: the events that follow a waiter's
+Blocked reads share connections. :meth:`RedisStore.read` reads through its script; when a
+live run has nothing new and ``block`` is set, it registers ``(its stream, its after id)``
+with a reader task (one per event loop on a single server; one per event loop and shard
+on a cluster) and waits for that task's word. The task holds one connection in ``XREAD
+BLOCK`` over every stream waited on (each with the last id known), and hands what comes
+back to every waiter of that stream, in process: the events that follow a waiter's
 ``after`` with no gap are its answer; anything else (a gap that ``MAXLEN`` made, a failed
-``XREAD``) makes it read again through the script, which is exact. A stream stays in the
-``XREAD`` for a few seconds after its last waiter leaves, so that a reader coming back for
-the next events (the common case) finds it there; a stream that is not, and the task
-blocked, interrupts the block with ``CLIENT UNBLOCK`` (one per round). So a replica needs
-one connection per shard waited on (one on a single server) however many readers it has,
-and at most ``max_connections`` in all (see :class:`RedisStore`).
+``XREAD``, a slot that moved) makes it read again through the script, which is exact. A
+stream stays in the ``XREAD`` for a few seconds after its last waiter leaves, so that a
+reader coming back for the next events finds it there; a stream that is not, while the
+task blocks, interrupts the block with ``CLIENT UNBLOCK`` (one per round). A reader that
+comes back right where the ``XREAD`` of its stream is (the common case: it was given the
+events up to there, nothing follows yet) waits at once, without the script; if nothing
+comes before its deadline, it reads through the script then (which sees the run's end or
+an expiry, as often as before). So a replica has one connection per shard waited on (one
+on a single server) however many readers it has, and at most ``max_connections`` in all
+(see :class:`RedisStore`).
 
 A short outage (Redis restarting, a failover, a network blip) fails no command: each one
 is retried, with exponential backoff, for up to ``retry_for`` seconds. A command whose
@@ -94,7 +102,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from pydantic import JsonValue
 
-from streamflow.events import Event
+from streamflow.events import Done, Event
 from streamflow.stores.base import (
     InvalidEventIdError,
     ReplayUnavailableError,
@@ -147,6 +155,7 @@ _MAX_BACKOFF: Final = 1.0
 _MUX_BLOCK: Final = 1.0
 _MUX_LINGER: Final = 3.0
 _MUX_COUNT: Final = 256
+_DONE_JSON: Final = Done().to_json()  # a run's last event (the hub recognises it by its text)
 
 # The hash tags of the first shards: four characters whose slot is the bit-reversal of the
 # shard number (0, 8192, 4096, 12288, 2048...), so that any number of shards spreads evenly
@@ -405,12 +414,15 @@ class RedisStore:
       for commands (more wait their turn); on a cluster, one per shard waited on and
       ``(max_connections - shards - 1) // primaries`` per primary for commands (at least 1;
       one more is redis-py's, to the node it asks for the cluster's slots).
-      A client you pass needs a pool that allows that many (redis-py's default pools do;
-      a ``BlockingConnectionPool`` or a cluster's ``max_connections`` must not be smaller),
-      and a ``socket_timeout``, if any, longer than the hub's ``poll``.
+      A client you pass needs a pool that allows that many (redis-py's default pool
+      does; a smaller ``BlockingConnectionPool`` is refused; a cluster client's per-node
+      ``max_connections``, 100 by default, must not be smaller either). Its
+      ``socket_timeout``, if any, is no constraint: the shared ``XREAD`` blocks for at most
+      half of it (and at most 1 s).
     - ``shards``: how many hash slots the store's keys use (see the module's doc): on a
       cluster, at least its number of primaries, and at most one blocked ``XREAD``
       connection each. Every replica must use the same number.
+    - ``cluster``: the URL is a cluster node's (as ``redis+cluster://``).
     """
 
     def __init__(
@@ -461,6 +473,12 @@ class RedisStore:
         else:
             self.client = client_or_url
             self._owns_client = False
+            pool_size = getattr(getattr(client_or_url, "connection_pool", None), "max_connections", None)
+            if isinstance(pool_size, int) and pool_size < max_connections:
+                raise ValueError(
+                    f"the client's pool allows {pool_size} connections, fewer than max_connections "
+                    f"({max_connections}): give the store a smaller max_connections"
+                )
         self.cluster = isinstance(self.client, RedisCluster)
         self.prefix = prefix
         self.maxlen = maxlen
@@ -661,13 +679,28 @@ class RedisStore:
             raise InvalidEventIdError(f"malformed event id {after!r}")
         keys = self._run_keys(run_id)
         limit = max(1, limit)
+        readers = self._here()
 
-        async def read_once() -> tuple[str, list[StoredEvent]]:
-            return await self._call(keys[0], lambda: self._read_once(run_id, keys, after, limit))
+        async def read_once() -> list[StoredEvent] | None:
+            """The events after `after`, or None: none yet, and the run is live."""
+            status, entries = await self._call(keys[0], lambda: self._read_once(run_id, keys, after, limit))
+            if entries or status != "running":
+                if status != "running":
+                    readers.ended(keys[1])
+                return entries
+            return None
 
-        status, entries = await read_once()
-        if entries or not block or status != "running":
-            return entries
+        # A reader coming back for what follows the events the shared reader gave it (the
+        # common case: `after` is where that reader's XREAD is) waits at once, and reads
+        # through the script if nothing came by its deadline (a check of the run's status,
+        # as often as before); any other reads through the script first.
+        if not block:
+            return await read_once() or []
+        skipped = after is not None and readers.caught_up(keys[1], int(after))
+        if not skipped:
+            entries = await read_once()
+            if entries is not None:
+                return entries
         # Caught up with a live run: wait for the next events (or the end) with the shared
         # reader of this stream's shard. It answers with the events right after `after`
         # (ids are dense sequence numbers, so they have no gap), or tells to read again.
@@ -677,13 +710,14 @@ class RedisStore:
             if remaining <= 0:
                 return []
             try:
-                woken = await self._here().wait(keys[1], int(after or 0), limit, remaining)
+                woken = await readers.wait(keys[1], int(after or 0), limit, remaining)
             except TimeoutError:
-                return []
+                return (await read_once() or []) if skipped else []
             if woken is not None:
                 return woken
-            status, entries = await read_once()
-            if entries or status != "running":
+            skipped = False
+            entries = await read_once()
+            if entries is not None:
                 return entries
 
     async def _read_once(
@@ -783,12 +817,13 @@ class _Stream:
     (every waiter's ``after``: a waiter with another one is answered or told to read
     again), its waiters, and since when it has had none (it stays ``_MUX_LINGER`` s)."""
 
-    __slots__ = ("cursor", "idle_since", "waiters")
+    __slots__ = ("cursor", "ended", "idle_since", "waiters")
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor
         self.waiters: set[_Waiter] = set()
         self.idle_since: float | None = None
+        self.ended = False  # its run's Done went by, or a read found the run ended
 
     def tell_all(self, answer: list[StoredEvent] | None) -> None:
         for waiter in self.waiters:
@@ -811,6 +846,7 @@ class _Group:
         self.blocked_id = 0
         self.blocked_node: ClusterNode | None = None
         self.unblocking = False  # a CLIENT UNBLOCK was sent for this XREAD
+        self.healthy = False  # the last XREAD answered
 
     def waiting(self) -> int:
         return sum(len(stream.waiters) for stream in self.streams.values())
@@ -897,6 +933,7 @@ class _Group:
         broken = False
         try:
             while True:
+                _check_cancelled(this)
                 self._prune()
                 if not self.streams:
                     self.task = None  # now: a new waiter starts another task
@@ -918,11 +955,14 @@ class _Group:
                     self.unblocking = False
                     command = ["XREAD", "COUNT", _MUX_COUNT, "BLOCK", store._ms(block), "STREAMS"]
                     await connection.send_command(*command, *keys, *ids)
-                    reply = await connection.read_response(
-                        timeout=block + (connection.socket_timeout or 10.0)
-                    )
+                    _check_cancelled(this)
+                    # Our own deadline (a hung Redis), not read_response's `timeout`: on expiry
+                    # that returns None as a nil reply does, with the reply still to come.
+                    async with asyncio.timeout(block + (connection.socket_timeout or 10.0)):
+                        reply = await connection.read_response()
                 except (errors.RedisError, errors.RedisClusterException, OSError) as exc:
                     self.blocked = None
+                    self.healthy = False
                     if connection is not None:
                         await self._release(connection, node, broken=True)
                         connection = None
@@ -933,6 +973,7 @@ class _Group:
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue
                 self.blocked = None
+                self.healthy = True
                 backoff = _FIRST_BACKOFF
                 self._deliver(reply)
         except BaseException:
@@ -940,6 +981,7 @@ class _Group:
             raise
         finally:
             self.blocked = None
+            self.healthy = False
             if self.task is this:
                 self.task = None
             if connection is not None:
@@ -970,6 +1012,7 @@ class _Group:
             else:  # a gap (MAXLEN dropped some): the script says what to do
                 stream.tell_all(None)
             stream.cursor = last
+            stream.ended = stream.ended or entries[-1][1] == _DONE_JSON
 
 
 class _Readers:
@@ -981,6 +1024,7 @@ class _Readers:
         self.groups: dict[int | None, _Group] = {}
         self.limits: dict[str | None, asyncio.Semaphore] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     async def limit(self, key: str | None) -> asyncio.Semaphore:
         """The limit of the commands on ``key``'s node (see ``max_connections``)."""
@@ -1015,6 +1059,8 @@ class _Readers:
     async def wait(self, key: str, after: int, limit: int, seconds: float) -> list[StoredEvent] | None:
         """Wait up to ``seconds`` for the events of stream ``key`` after ``after``: up to
         ``limit`` of them, or ``None`` (read again). Raises ``TimeoutError``."""
+        if self.closed:
+            raise RedisStoreError("the store is closed")
         slot = key_slot(key.encode()) if self.store.cluster else None
         group = self.groups.get(slot)
         if group is None:
@@ -1025,6 +1071,30 @@ class _Readers:
                 return await waiter.answer
         finally:
             group.remove(key, waiter)
+
+    def _stream(self, key: str) -> tuple[_Group | None, _Stream | None]:
+        group = self.groups.get(key_slot(key.encode()) if self.store.cluster else None)
+        return group, None if group is None else group.streams.get(key)
+
+    def caught_up(self, key: str, after: int) -> bool:
+        """Whether stream ``key`` is in a working shared ``XREAD`` right after ``after``, its
+        run not known to have ended: nothing follows ``after`` yet (the ``XREAD`` would
+        have returned it, and returns what comes next)."""
+        group, stream = self._stream(key)
+        return (
+            group is not None
+            and stream is not None
+            and group.healthy
+            and group.task is not None
+            and not stream.ended
+            and stream.cursor == after
+        )
+
+    def ended(self, key: str) -> None:
+        """A read found the run of stream ``key`` ended: its next reads go to the script."""
+        _, stream = self._stream(key)
+        if stream is not None:
+            stream.ended = True
 
     def waiting(self) -> int:
         """How many reads wait (for the tests)."""
@@ -1038,10 +1108,19 @@ class _Readers:
             task.cancel()
 
     async def aclose(self) -> None:
+        self.closed = True
         running = [group.task for group in self.groups.values() if group.task is not None]
         running += self.tasks
         self.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+def _check_cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Raise the cancellation of ``task`` that redis-py swallowed: with a ``socket_timeout``,
+    it sends through ``asyncio.wait_for``, which (before Python 3.12) returns normally when
+    the send ends as the task is cancelled, the cancellation still requested."""
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _transient(exc: BaseException) -> bool:
