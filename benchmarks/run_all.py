@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py            # the full run behind docs/performance.md
     python benchmarks/run_all.py --quick    # a smoke run, a minute or two
-    python benchmarks/run_all.py --capacity # also capacity.py: 15-20 min more (2 with --quick)
+    python benchmarks/run_all.py --capacity # also capacity.py: ~10 min more (2 with --quick)
 
 Each benchmark also runs alone: ``python benchmarks/encode.py``, ``stream.py``,
 ``memory.py``, ``hub.py``, ``stalled.py``, ``capacity.py`` (each with ``--quick``).
@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import capacity
 import encode
 import hub
 import memory
@@ -45,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status:
         return status
     if args.capacity:
+        import capacity  # FastAPI, uvicorn and the hub: only when asked for
+
         status = capacity.main(passed, header=False)
         if status:
             return status
