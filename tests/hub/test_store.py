@@ -418,3 +418,47 @@ def test_memory_store_session_operations_do_not_grow_with_live_sessions() -> Non
 
     small, large = anyio.run(cost, 1_000), anyio.run(cost, 100_000)
     assert large < small * 10 + 20e-6, (small, large)
+
+
+async def test_a_local_reader_takes_the_latest_events_from_memory_not_the_store() -> None:
+    """A store with sequential ids: the hub knows every appended event's id, so a reader of a
+    run produced here takes what was just appended from the run's tail (no store read per
+    event), exactly as the store would give it."""
+
+    class CountingReads(MemoryStore):
+        reads = 0
+
+        async def read(
+            self, run_id: str, after: str | None = None, *, limit: int = 1000, block: float | None = None
+        ) -> list[StoredEvent]:
+            self.reads += 1
+            return await super().read(run_id, after, limit=limit, block=block)
+
+    store = CountingReads()
+
+    async def source() -> AsyncIterator[str]:
+        for i in range(200):
+            yield str(i)
+            await anyio.sleep(0.001)
+
+    async with StreamHub(store, on_last_reader_gone="finish") as hub:
+        session = await hub.create_session()
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+        response = await hub.response(Request(scope), session)
+        await hub.start(session, source())
+        body: list[bytes] = []
+
+        async def receive() -> Message:
+            await anyio.sleep_forever()
+            raise AssertionError  # pragma: no cover
+
+        async def send(message: Message) -> None:
+            body.append(message.get("body", b""))
+
+        with anyio.fail_after(10):
+            await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
+    frames = SSEDecoder().feed(b"".join(body))
+    assert [parse_event(sse.data) for sse in frames] == [*(Delta(value=str(i)) for i in range(200)), Done()]
+    stored = await store.read(frames[0].id.split(".")[0], None, limit=1000)
+    assert [sse.id.split(".")[1] for sse in frames] == [event_id for event_id, _ in stored]
+    assert store.reads < 20, store.reads  # the first read, the Done from the store: not one per event

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Final, Literal, TypeAlias, TypeVar
@@ -45,6 +45,7 @@ _ERROR_PREFIX: Final = '{"type":"error"'
 _READ_MAX: Final = 1000  # the most events of one store read
 _PAIR_COST: Final = 200  # bytes an event of a read holds besides its JSON: its id, its pair
 _READ_FIRST: Final = 16  # the events of a reader's first read, before their size is known
+_TAIL: Final = 1024  # events a local run keeps for its readers, besides the store
 _METADATA: Final = TypeAdapter(dict[str, JsonValue])
 
 
@@ -84,6 +85,42 @@ class _LocalRun:
         if appended is None:
             appended = self._appended = new_event()
         return appended
+
+    # The latest events appended, as their JSON, for its local readers to take without a
+    # store read: tail[i] is event number tail_first + i (a store with sequential_ids);
+    # tail_first is 0 when the tail is off (a store without them, or after a refused batch).
+    tail: list[str] = field(default_factory=list)
+    tail_first: int = 1
+
+    def remember(self, last_id: str | None, texts: Sequence[Event | str]) -> None:
+        """Keep ``texts``, just appended with the ids up to ``last_id``, in the tail."""
+        if not self.tail_first or last_id is None:
+            return
+        first = int(last_id) - len(texts) + 1
+        tail = self.tail
+        if first != self.tail_first + len(tail):  # not right after the tail: start it again
+            tail.clear()
+            self.tail_first = first
+        tail.extend(text if isinstance(text, str) else text.to_json() for text in texts)
+        if len(tail) > 2 * _TAIL:
+            del tail[: len(tail) - _TAIL]
+            self.tail_first = int(last_id) - len(tail) + 1
+
+    def forget(self) -> None:
+        self.tail.clear()
+        self.tail_first = 0
+
+    def from_tail(self, after: str | None, limit: int) -> list[tuple[str, str]] | None:
+        """The events after ``after`` from the tail, or ``None`` when the tail cannot tell
+        (off, ``after`` before it, or not one of its ids): then the store must be read."""
+        first = self.tail_first
+        if not first or after is None or not after.isdigit():
+            return None
+        start = int(after) - first + 1
+        if not 0 <= start <= len(self.tail):
+            return None
+        texts = self.tail[start : start + limit]
+        return list(zip(map(str, range(first + start, first + start + len(texts))), texts, strict=True))
 
     def wake_readers(self) -> None:
         appended = self._appended

@@ -190,8 +190,10 @@ class _Reading(_Recording):
             appended = local.appended if local is not None else None  # taken before the read
             asked = limit
             try:
-                if appended is not None:
-                    batch: list[StoredEvent] | None = await store.read(run_id, after, limit=limit)
+                if local is not None and appended is not None:
+                    batch: list[StoredEvent] | None = local.from_tail(after, limit)
+                    if batch is None:
+                        batch = await store.read(run_id, after, limit=limit)
                 else:
                     block = None if ended else self.poll
                     batch = await self._wait(partial(store.read, run_id, after, limit=limit, block=block))

@@ -253,12 +253,14 @@ class _Batcher:
         appends complete without waiting (``immediate_appends``, e.g. ``MemoryStore``) a
         writer task would only add a hop between tasks to every event."""
         run_id, count = run.run_id, 0
+        if not getattr(store, "sequential_ids", False):
+            run.forget()
         async for event in events:
             text = await _carried(event, events)
             if text.startswith(_ERROR_PREFIX):
                 self.failed = True
             try:
-                await store.append_many(run_id, (text,))
+                run.remember(await store.append_many(run_id, (text,)), (text,))
             except StoreError:
                 raise
             except Exception as exc:  # the store refused this event's content
@@ -304,6 +306,8 @@ class _Batcher:
 
     async def write(self, store: Store, run: _LocalRun) -> None:
         run_id = run.run_id
+        if not getattr(store, "sequential_ids", False):
+            run.forget()
         while True:
             batch = self.pending
             if not batch:
@@ -317,10 +321,11 @@ class _Batcher:
                 self.space.set()
                 self.space = None
             try:
-                await store.append_many(run_id, batch)
+                run.remember(await store.append_many(run_id, batch), batch)
             except StoreError:
                 raise
             except Exception as exc:  # the store refused this batch's content: find the event
+                run.forget()
                 await _append_each(store, run_id, batch, exc)
             finally:
                 run.wake_readers()

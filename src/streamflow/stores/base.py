@@ -142,6 +142,10 @@ class Store(Protocol):
     class attribute ``immediate_appends = True``: the hub then appends each event in its
     source's task as it is yielded, instead of handing batches to a writer task (a hop
     between tasks per event, which only pays when appends wait, as a network store's do).
+    A store whose event ids are the run's sequence numbers ``1, 2, 3...`` in append order
+    may set ``sequential_ids = True``: the hub then knows the id of every event it
+    appended (not only the last one returned) and serves its local readers the latest ones
+    from memory, without a store read per event.
     """
 
     async def create_session(

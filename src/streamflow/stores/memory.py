@@ -88,6 +88,7 @@ class MemoryStore:
     """
 
     immediate_appends = True  # append_many never waits: the hub appends in the source's task
+    sequential_ids = True  # event ids are 1, 2, 3... in append order
 
     def __init__(
         self,

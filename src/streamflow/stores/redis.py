@@ -425,6 +425,8 @@ class RedisStore:
     - ``cluster``: the URL is a cluster node's (as ``redis+cluster://``).
     """
 
+    sequential_ids = True  # event ids are 1, 2, 3... in append order (see the module docstring)
+
     def __init__(
         self,
         client_or_url: Client | str,
