@@ -179,10 +179,12 @@ QUICK: Final = Settings(
 # =============================================================================== server
 
 
-async def stamped(n: int, interval: float) -> AsyncIterator[str]:
-    """``n`` values ``"<stamp> <due>"``, one every ``interval`` seconds on a fixed schedule."""
+async def stamped(n: int, interval: float, origin: int | None = None) -> AsyncIterator[str]:
+    """``n`` values ``"<stamp> <due>"``, one every ``interval`` seconds on a fixed schedule:
+    value ``i`` (from 1) is due at ``origin + i * interval`` (``origin``: a ``perf_counter_ns()``,
+    by default when the source starts)."""
     step = round(interval * 1e9)
-    due = time.perf_counter_ns()
+    due = time.perf_counter_ns() if origin is None else origin
     for _ in range(n):
         due += step
         wait = due - time.perf_counter_ns()
@@ -281,31 +283,41 @@ class DeltaItem(BaseModel):
     value: str
 
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def make_hub(key: str, redis_url: str | None, prefix: str = "capacity") -> tuple[StreamHub, Lifespan]:
+    """The ``StreamHub`` of contender ``key`` (``hub-memory`` or ``hub-redis``) and the app
+    lifespan that runs it and closes its store."""
+    from streamflow.stores import MemoryStore
+
+    store: Store
+    if key == HUB_REDIS.key:
+        from streamflow.stores.redis import RedisStore
+
+        assert redis_url is not None
+        store = RedisStore(redis_url, prefix=f"{prefix}-{os.getpid()}", ttl=60)
+    elif key == HUB_MEMORY.key:
+        store = MemoryStore()
+    else:
+        raise ValueError(f"{key!r} is not a hub contender")
+    hub = StreamHub(store, on_last_reader_gone="finish")
+
+    @asynccontextmanager
+    async def hub_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub.lifespan(app):
+            yield
+        await hub.store.aclose()
+
+    return hub, hub_lifespan
+
+
 def build_app(key: str, redis_url: str | None) -> FastAPI:
     """``key``'s app: ``GET /stream?n=N&interval=S`` and ``GET /health``, in one FastAPI shape."""
     hub: StreamHub | None = None
-    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None
+    lifespan: Lifespan | None = None
     if key in (HUB_MEMORY.key, HUB_REDIS.key):
-        from streamflow.stores import MemoryStore
-
-        store: Store
-        if key == HUB_REDIS.key:
-            from streamflow.stores.redis import RedisStore
-
-            assert redis_url is not None
-            store = RedisStore(redis_url, prefix=f"capacity-{os.getpid()}", ttl=60)
-        else:
-            store = MemoryStore()
-        hub = StreamHub(store, on_last_reader_gone="finish")
-
-        @asynccontextmanager
-        async def hub_lifespan(app: FastAPI) -> AsyncIterator[None]:
-            assert hub is not None
-            async with hub.lifespan(app):
-                yield
-            await hub.store.aclose()
-
-        lifespan = hub_lifespan
+        hub, lifespan = make_hub(key, redis_url)
 
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
 
@@ -367,10 +379,15 @@ def build_app(key: str, redis_url: str | None) -> FastAPI:
 
 def serve(key: str, redis_url: str | None) -> None:
     """The server process: pinned to ``SERVER_CPU``, prints ``PORT n``, serves until SIGTERM."""
+    serve_app(None if key == FLOOR.key else build_app(key, redis_url))
+
+
+def serve_app(app: FastAPI | None) -> None:
+    """Serve ``app`` (``None``: the floor) as :func:`serve` does: pinned to ``SERVER_CPU``,
+    uvicorn with ``h11`` and ``asyncio``; print ``PORT n``, serve until SIGTERM."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {SERVER_CPU})
     raise_open_files_limit(OPEN_FILES)
-    app = None if key == FLOOR.key else build_app(key, redis_url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
@@ -401,9 +418,14 @@ class Process:
 
 @contextmanager
 def server_process(
-    contender: Contender, redis_url: str | None, nice: int, timeout: float = 30.0
+    contender: Contender,
+    redis_url: str | None,
+    nice: int,
+    timeout: float = 30.0,
+    script: str = "capacity.py",
 ) -> Iterator[Process]:
-    command = [sys.executable, str(HERE / "capacity.py"), "--serve", contender.key]
+    """``script --serve KEY`` (``script`` in this directory), in its own session at ``nice``."""
+    command = [sys.executable, str(HERE / script), "--serve", contender.key]
     if redis_url:
         command += ["--redis-url", redis_url]
     # The server's stderr goes to a file: an app that fails to start says why, and the
@@ -1070,14 +1092,14 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _in_own_session(argv: Sequence[str], header: bool) -> int | None:
+def _in_own_session(argv: Sequence[str], header: bool, script: str = "capacity.py") -> int | None:
     """Unless this process leads its session, run this script again in a new session (its
     own autogroup, see :func:`prioritize`) and return its exit status. Not ``os.setsid()``
     here: that would also take this process out of the terminal's foreground group, and
     Ctrl-C would no longer reach it; this process passes SIGINT and SIGTERM on instead."""
     if os.getsid(0) == os.getpid():
         return None
-    command = [sys.executable, str(HERE / "capacity.py"), *argv, *([] if header else ["--no-header"])]
+    command = [sys.executable, str(HERE / script), *argv, *([] if header else ["--no-header"])]
     child = subprocess.Popen(command, start_new_session=True)
     previous = {
         signum: signal.signal(signum, lambda signum, frame: child.send_signal(signum))
