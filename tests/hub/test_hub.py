@@ -184,6 +184,20 @@ def test_authorize_hook_refuses_a_reader_as_if_the_session_did_not_exist(make_se
     assert served.read(f"/sessions/{session}/stream").events == [*deltas("", 2), Done()]
 
 
+def test_an_authorize_hook_that_raises_refuses_like_an_unknown_session(make_served: MakeServed) -> None:
+    def authorize(request: Request, session: SessionInfo) -> bool:
+        raise RuntimeError("the user service is down")
+
+    served = make_served(authorize=authorize)
+    session = served.session(owner="owner")
+    served.start(session, n=1)
+    raised = served.http.get(f"{served.url}/sessions/{session}/stream")
+    unknown = served.http.get(f"{served.url}/sessions/{'x' * len(session)}/stream")
+    assert (
+        (raised.status_code, raised.content) == (unknown.status_code, unknown.content) == (404, b"Not Found")
+    )
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

@@ -101,11 +101,17 @@ class _Reading(_Recording):
         )
 
     async def _allowed(self, request: Request, session: SessionInfo) -> bool:
+        """``authorize``'s answer. One that raises refuses (logged): a 500 for some sessions
+        and a 404 for unknown ones would tell a caller which exist."""
         if self.authorize is None:
             return True
-        allowed = self.authorize(request, session)
-        if inspect.isawaitable(allowed):
-            allowed = await allowed
+        try:
+            allowed = self.authorize(request, session)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception:
+            logger.exception("streamflow: authorize raised; the reader is refused")
+            return False
         return bool(allowed)
 
     async def _follow(
