@@ -213,6 +213,22 @@ class Response:
         self.close()
 
 
+def wait_for_redis(process: subprocess.Popen[bytes], port: int, timeout: float) -> None:
+    """Wait until the ``redis-server`` ``process`` answers ``PING`` on ``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.02)
+
+
 def request(port: int, path: str, *, timeout: float) -> socket.socket:
     """Connect to the benchmark server and send ``GET path``; the response is not read."""
     sock = socket.create_connection((HOST, port), timeout=timeout)

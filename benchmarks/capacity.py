@@ -86,7 +86,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import uvicorn
@@ -102,6 +102,7 @@ from _common import (
     percentile,
     raise_open_files_limit,
     table,
+    wait_for_redis,
 )
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
@@ -466,18 +467,7 @@ def redis_server(nice: int, timeout: float = 10.0) -> Iterator[Process]:
         prioritize(process.pid, nice)
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(process.pid, {CLIENT_CPU})
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
+        wait_for_redis(process, port, timeout)
         yield Process(process.pid, port)
     finally:
         process.terminate()
@@ -1092,6 +1082,33 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+Start: TypeAlias = tuple[float, str, str, str]  # started (perf_counter), load at start, placement, priority
+
+
+def prepare(arguments: list[str], header: bool, nice: int, script: str = "capacity.py") -> int | Start:
+    """What capacity.py and fanout.py do before measuring: check the clocks, move into a
+    session of their own at priority ``nice`` (then the exit status of that run is returned),
+    stop on SIGTERM like Ctrl-C (the servers and redis-server, each in its own session, are
+    stopped on the way out), pin the client and raise the open-files limit."""
+    _check_clocks()
+    if nice:
+        status = _in_own_session(arguments, header, script=script)
+        if status is not None:
+            return status
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.perf_counter()
+    load_start = _load()
+    placement = _pin_client()
+    if not nice:
+        priority = "default priority"
+    elif prioritize(os.getpid(), nice):
+        priority = f"nice {nice} for the client, each server and redis-server, each in its own session"
+    else:
+        priority = f"nice {nice} not permitted: default priority"
+    raise_open_files_limit(OPEN_FILES)
+    return started, load_start, placement, priority
+
+
 def _in_own_session(argv: Sequence[str], header: bool, script: str = "capacity.py") -> int | None:
     """Unless this process leads its session, run this script again in a new session (its
     own autogroup, see :func:`prioritize`) and return its exit status. Not ``os.setsid()``
@@ -1149,28 +1166,12 @@ def main(argv: Sequence[str] | None = None, *, header: bool = True) -> int:
         parser.error(f"unknown contenders {unknown}; choose from {','.join(BY_KEY)}")
     contenders = [c for c in CONTENDERS if not keys or c.key in keys]
 
-    _check_clocks()
     arguments = list(sys.argv[1:] if argv is None else argv)
     header = header and not args.no_header
-    if settings.nice:
-        status = _in_own_session(arguments, header)
-        if status is not None:
-            return status
-    # SIGTERM (passed on by a parent, see above) stops like Ctrl-C: the servers and
-    # redis-server, each in its own session, are stopped on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.perf_counter()
-    load_start = _load()
-    placement = _pin_client()
-    if not settings.nice:
-        priority = "default priority"
-    elif prioritize(os.getpid(), settings.nice):
-        priority = (
-            f"nice {settings.nice} for the client, each server and redis-server, each in its own session"
-        )
-    else:
-        priority = f"nice {settings.nice} not permitted: default priority"
-    raise_open_files_limit(OPEN_FILES)
+    prepared = prepare(arguments, header, settings.nice)
+    if isinstance(prepared, int):
+        return prepared
+    started, load_start, placement, priority = prepared
     command = shlex.join(["python", "benchmarks/capacity.py", *arguments])
     if header:
         print(f"Command: `{command}`\n\nMachine: {machine()}\n\n{_source()}.\n")

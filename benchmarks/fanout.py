@@ -65,7 +65,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Final
 
-from _common import HOST, Noise, cpu_seconds, machine, percentile, raise_open_files_limit, table
+from _common import HOST, Noise, cpu_seconds, machine, percentile, table
 from capacity import (
     _DONE,
     _STAMP,
@@ -74,23 +74,18 @@ from capacity import (
     DISTURBED,
     HUB_MEMORY,
     HUB_REDIS,
-    OPEN_FILES,
     RATE,
     BrokenContenderError,
     Contender,
     Process,
     Reader,
     _available,
-    _check_clocks,
-    _in_own_session,
-    _interrupt,
     _load,
     _ms,
-    _pin_client,
     _sample_redis_clients,
     _source,
     make_hub,
-    prioritize,
+    prepare,
     redis_server,
     run_delay,
     serve_app,
@@ -591,26 +586,12 @@ def main(argv: Sequence[str] | None = None, *, header: bool = True) -> int:
         parser.error(f"unknown contenders {unknown}; choose from {','.join(BY_KEY)}")
     contenders = [c for c in CONTENDERS if not keys or c.key in keys]
 
-    _check_clocks()
     arguments = list(sys.argv[1:] if argv is None else argv)
     header = header and not args.no_header
-    if settings.nice:
-        status = _in_own_session(arguments, header, script="fanout.py")
-        if status is not None:
-            return status
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.perf_counter()
-    load_start = _load()
-    placement = _pin_client()
-    if not settings.nice:
-        priority = "default priority"
-    elif prioritize(os.getpid(), settings.nice):
-        priority = (
-            f"nice {settings.nice} for the client, each server and redis-server, each in its own session"
-        )
-    else:
-        priority = f"nice {settings.nice} not permitted: default priority"
-    raise_open_files_limit(OPEN_FILES)
+    prepared = prepare(arguments, header, settings.nice, script="fanout.py")
+    if isinstance(prepared, int):
+        return prepared
+    started, load_start, placement, priority = prepared
     if settings.py_spy:
         settings.py_spy.mkdir(parents=True, exist_ok=True)
     if header:

@@ -54,6 +54,7 @@ from _common import (
     table,
     targets_heading,
     verdict,
+    wait_for_redis,
 )
 
 TARGET_COST = 0.20  # the hub with MemoryStore costs at most 20% of direct throughput
@@ -162,18 +163,7 @@ def redis_server(timeout: float = 10.0) -> Iterator[str | None]:
         [*command, "--dir", directory], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=directory
     )
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)
+        wait_for_redis(process, port, timeout)
         yield f"redis://{HOST}:{port}/0"
     finally:
         process.terminate()

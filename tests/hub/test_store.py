@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Message
 
 from streamflow import Delta, Done, Error, Event, parse_event
@@ -139,6 +141,29 @@ async def test_memory_store_drops_the_oldest_finished_runs() -> None:
     assert [await store.run_info(run) is None for run in runs] == [True, True, False, False]
 
 
+SCOPE: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
+
+
+async def read_body(response: Response, on_body: Callable[[bytes], None] | None = None) -> bytes:
+    """The whole body of ``response``, called in process by a client that never leaves
+    (``on_body`` sees each body message as it is sent)."""
+    body: list[bytes] = []
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async def send(message: Message) -> None:
+        chunk = message.get("body", b"")
+        body.append(chunk)
+        if on_body is not None:
+            on_body(chunk)
+
+    with anyio.fail_after(10):
+        await response({**SCOPE, "asgi": {"spec_version": "2.4"}}, receive, send)
+    return b"".join(body)
+
+
 # --- the hub's reader ends a run whose producer is gone --------------------------------------
 
 
@@ -149,20 +174,9 @@ async def test_a_reader_marks_a_run_whose_producer_died_as_failed(store_factory:
         # A run produced "elsewhere": nobody renews its lease.
         run = await store.create_run(session, producer="dead-replica", lease=0.3)
         await store.append(run, Delta(value="a"))
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
-        response = await hub.response(Request(scope), session)
-        body: list[bytes] = []
-
-        async def receive() -> Message:
-            await anyio.sleep_forever()
-            raise AssertionError  # pragma: no cover
-
-        async def send(message: Message) -> None:
-            body.append(message.get("body", b""))
-
-        with anyio.fail_after(10):
-            await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
-    events = [parse_event(sse.data) for sse in SSEDecoder().feed(b"".join(body))]
+        response = await hub.response(Request(SCOPE), session)
+        body = await read_body(response)
+    events = [parse_event(sse.data) for sse in SSEDecoder().feed(body)]
     assert events[0] == Delta(value="a")
     assert isinstance(events[1], Error)
     assert events[1].code == "producer_lost"
@@ -197,23 +211,15 @@ async def test_a_store_failure_gives_readers_an_error_and_keeps_the_last_id() ->
             yield "b"
 
         await hub.start(session, source())
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
-        response = await hub.response(Request(scope), session)
-        body: list[bytes] = []
+        response = await hub.response(Request(SCOPE), session)
 
-        async def receive() -> Message:
-            await anyio.sleep_forever()
-            raise AssertionError  # pragma: no cover
-
-        async def send(message: Message) -> None:
-            body.append(message.get("body", b""))
-            if b"data:" in message.get("body", b""):
+        def on_body(chunk: bytes) -> None:
+            if b"data:" in chunk:
                 store.broken = True  # reads fail from now on...
                 gate.set()  # ...the next one when "b" wakes the reader
 
-        with anyio.fail_after(10):
-            await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
-    decoded = SSEDecoder().feed(b"".join(body))
+        body = await read_body(response, on_body)
+    decoded = SSEDecoder().feed(body)
     events = [parse_event(sse.data) for sse in decoded]
     assert events[0] == Delta(value="a")
     assert isinstance(events[1], Error)
@@ -443,21 +449,10 @@ async def test_a_local_reader_takes_the_latest_events_from_memory_not_the_store(
 
     async with StreamHub(store, on_last_reader_gone="finish") as hub:
         session = await hub.create_session()
-        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
-        response = await hub.response(Request(scope), session)
+        response = await hub.response(Request(SCOPE), session)
         await hub.start(session, source())
-        body: list[bytes] = []
-
-        async def receive() -> Message:
-            await anyio.sleep_forever()
-            raise AssertionError  # pragma: no cover
-
-        async def send(message: Message) -> None:
-            body.append(message.get("body", b""))
-
-        with anyio.fail_after(10):
-            await response({**scope, "asgi": {"spec_version": "2.4"}}, receive, send)
-    frames = SSEDecoder().feed(b"".join(body))
+        body = await read_body(response)
+    frames = SSEDecoder().feed(body)
     assert [parse_event(sse.data) for sse in frames] == [*(Delta(value=str(i)) for i in range(200)), Done()]
     stored = await store.read(frames[0].id.split(".")[0], None, limit=1000)
     assert [sse.id.split(".")[1] for sse in frames] == [event_id for event_id, _ in stored]

@@ -234,6 +234,8 @@ class _Batcher:
     async def record(self, store: Store, run: _LocalRun, events: AsyncGenerator[Event, None]) -> None:
         """Append the events of ``events`` to the run, in batches (or, for a store whose
         appends never wait, one by one in this task: see :meth:`record_inline`)."""
+        if not getattr(store, "sequential_ids", False):
+            run.forget()  # the ids of a batch are not known: its readers read the store
         if getattr(store, "immediate_appends", False):
             await self.record_inline(store, run, events)
             return
@@ -253,8 +255,6 @@ class _Batcher:
         appends complete without waiting (``immediate_appends``, e.g. ``MemoryStore``) a
         writer task would only add a hop between tasks to every event."""
         run_id, count = run.run_id, 0
-        if not getattr(store, "sequential_ids", False):
-            run.forget()
         async for event in events:
             text = await _carried(event, events)
             if text.startswith(_ERROR_PREFIX):
@@ -306,8 +306,6 @@ class _Batcher:
 
     async def write(self, store: Store, run: _LocalRun) -> None:
         run_id = run.run_id
-        if not getattr(store, "sequential_ids", False):
-            run.forget()
         while True:
             batch = self.pending
             if not batch:
